@@ -496,3 +496,7 @@ impl Room {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "room_tests.rs"]
+mod tests;

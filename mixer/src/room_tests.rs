@@ -1,0 +1,1 @@
+//! Room tests: written next.
