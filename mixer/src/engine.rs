@@ -257,8 +257,10 @@ impl Mixer {
 
     fn stop(&mut self) {
         for s in &self.shards {
-            // A full queue still gets the shard to exit once it drains it.
-            let _ = s.commands.try_send(Command::Shutdown);
+            // Wake first, so a shard with a full queue drains it and makes room; the
+            // blocking send then cannot wait long, and fails at once if the shard died.
+            let _ = s.waker.wake();
+            let _ = s.commands.send(Command::Shutdown);
             let _ = s.waker.wake();
         }
         for s in &mut self.shards {
