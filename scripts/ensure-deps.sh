@@ -8,6 +8,7 @@ set -euo pipefail
 declare -A need=(
   [cmake]=cmake           # builds the bundled libopus (opus crate)
   [pkg-config]=pkg-config
+  [sipp]=sip-tester       # real SIP peer in the integration tests
 )
 missing=()
 for cmd in "${!need[@]}"; do

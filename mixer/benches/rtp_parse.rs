@@ -28,13 +28,13 @@ const PAYLOAD_LEN: usize = 80;
 /// The test datagram: V=2, X=1, PT 111, one-byte extension block with the
 /// audio level (V=1, 42 -dBov) padded to one word, then the payload.
 fn opus_packet() -> Vec<u8> {
-    let mut p = vec![
-        0x90, 111, 0x12, 0x34, // V=2 X=1, PT 111, sequence 0x1234
-        0x00, 0x01, 0x2c, 0x00, // timestamp 76800
-        0xde, 0xad, 0xbe, 0xef, // SSRC
-        0xbe, 0xde, 0x00, 0x01, // profile 0xBEDE, one word
-        0x10, 0x80 | 42, 0x00, 0x00, // id 1, len 1: V=1 level 42; padding
-    ];
+    let mut p = Vec::with_capacity(20 + PAYLOAD_LEN);
+    // V=2, X=1, PT 111, sequence 0x1234.
+    p.extend_from_slice(&[0x90, 111, 0x12, 0x34]);
+    // Timestamp 76800, SSRC.
+    p.extend_from_slice(&[0x00, 0x01, 0x2c, 0x00, 0xde, 0xad, 0xbe, 0xef]);
+    // Profile 0xBEDE, one word: id 1 len 1 (V=1, level 42), two padding bytes.
+    p.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01, 0x10, 0x80 | 42, 0x00, 0x00]);
     p.extend((0..PAYLOAD_LEN).map(|i| (i * 37 + 11) as u8));
     p
 }

@@ -316,6 +316,16 @@ impl Leg {
         header
     }
 
+    /// Lets a frame pass unsent (the leg is on hold): RFC 3550 §5.1 has the timestamp
+    /// advance for every frame whether it is sent or not, and the next packet starts a
+    /// talk spurt.
+    pub(crate) fn skip_frame(&mut self) {
+        self.last_sent_silent = true;
+        self.timestamp = self
+            .timestamp
+            .wrapping_add(self.config.codec.frame_samples() as u32);
+    }
+
     /// Encodes this participant's own mix (`pcm` at the room rate, limited) into
     /// `payload`, converting to the codec's rate. Returns the payload length.
     pub(crate) fn encode_own(

@@ -188,6 +188,9 @@ impl Room {
         if self.legs.len() >= self.config.max_legs {
             return Err(MixerError::RoomFull(self.id.0));
         }
+        if config.payload_type > 127 || config.telephone_event_pt.is_some_and(|pt| pt > 127) {
+            return Err(MixerError::InvalidSetting("RTP payload types are 0..=127"));
+        }
         let rate = if config.codec == CodecKind::Opus {
             48_000
         } else {
@@ -421,6 +424,7 @@ impl Room {
         }
         for (i, leg) in self.legs.iter_mut().enumerate() {
             if leg.held {
+                leg.skip_frame();
                 continue;
             }
             if !self.selector.is_selected(i) || leg.quiet_ticks >= QUIET_TALKER_TICKS {
@@ -468,21 +472,27 @@ impl Room {
 
     fn tick_per_leg(&mut self, now: Instant, out: &mut Outbox) {
         self.mix.fill(0.0);
-        let mut contributing = 0;
+        let threshold = self.config.speakers.activity_threshold_dbov;
+        let mut active = 0;
         for leg in &mut self.legs {
             leg.decoded = false;
+            leg.level = None;
             if leg.can_talk() {
-                leg.decode(now);
+                let level = leg.decode(now);
+                leg.level = Some(level);
+                active += usize::from(level > threshold);
                 simd::add_into(&mut self.mix, &leg.pcm_room);
-                contributing += 1;
             } else if !leg.held {
                 leg.skip(now);
             }
         }
         for leg in &mut self.legs {
             if leg.held {
+                leg.skip_frame();
                 continue;
             }
+            let own = usize::from(leg.level.is_some_and(|l| l > threshold));
+            let silent = active - own == 0;
             if leg.decoded {
                 simd::sub(&mut self.scratch, &self.mix, &leg.pcm_room);
             } else {
@@ -490,7 +500,7 @@ impl Room {
             }
             leg.limiter.process(&mut self.scratch);
             match leg.encode_own(&self.scratch, &mut self.payload) {
-                Ok(n) => out.push_rtp(leg, contributing == 0, &self.payload[..n]),
+                Ok(n) => out.push_rtp(leg, silent, &self.payload[..n]),
                 Err(_) => leg.stats.encode_errors += 1,
             }
         }
