@@ -1,6 +1,15 @@
-//! The supernode service: the composition root that will hold the SIP service
-//! (transport, transactions, registrar, proxy, conference UAS), the location service
-//! behind the DHT overlay, voicemail and the typed configuration.
+//! The supernode service: the composition root that runs the SIP service
+//! (transport, transactions, registrar with digest authentication), the conference
+//! mixer, and the typed configuration, with its data in SQLite.
 //!
-//! Today it only starts the conference mixer (the `mixer` crate); the SIP service and
-//! the other parts arrive with their issues.
+//! Protocol cores are sans-IO (`sip::intake`, `sip::transaction`, `sip::registrar`,
+//! `sip::core`); `node` is the thin tokio driver that owns the sockets.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod sip;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,310 @@
+//! The node's one typed configuration: defaults in one place, a TOML file
+//! (`supernode init` writes a commented one) and command-line flags on top.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the SIP service authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SipAuth {
+    /// Digest (SHA-256 and MD5) for REGISTER and for requests from local users.
+    #[default]
+    Digest,
+    /// None at all: only for benchmarks, refused unless every listener is on loopback.
+    None,
+}
+
+impl std::str::FromStr for SipAuth {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "digest" => Ok(SipAuth::Digest),
+            "none" => Ok(SipAuth::None),
+            _ => Err(format!("unknown auth mode {s:?}: use digest or none")),
+        }
+    }
+}
+
+/// A range of UDP ports for RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    /// Lowest port.
+    pub low: u16,
+    /// Highest port.
+    pub high: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| {
+            format!("{s:?} is not a port range: write LOW-HIGH, e.g. 49152-65535")
+        })?;
+        let low: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad low port {a:?}"))?;
+        let high: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad high port {b:?}"))?;
+        if low == 0 || low > high {
+            return Err(format!("port range {s:?} must have 0 < LOW <= HIGH"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+/// The order of the two digest challenges (RFC 8760 §2.4: most preferred first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestOrder {
+    /// SHA-256 first, then MD5: clients that implement RFC 8760 pick SHA-256.
+    #[default]
+    Sha256First,
+    /// MD5 first, then SHA-256: for clients that read only the first challenge's
+    /// algorithm (sipp 3.6 takes the first `algorithm=` of all challenges).
+    Md5First,
+}
+
+/// Registrar limits (RFC 3261 §10.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Shortest registration accepted; shorter gets 423 with Min-Expires.
+    pub min_expires: u32,
+    /// Longest registration granted; longer is cut to this.
+    pub max_expires: u32,
+    /// Granted when the REGISTER names no expiry.
+    pub default_expires: u32,
+    /// Contacts one AOR may hold.
+    pub max_contacts: usize,
+    /// Order of the SHA-256 and MD5 challenges.
+    pub digest_order: DigestOrder,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            max_contacts: 10,
+            digest_order: DigestOrder::Sha256First,
+        }
+    }
+}
+
+/// Everything `supernode run` needs, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The SIP domain served (default: the host name).
+    pub domain: Option<String>,
+    /// Data directory: SQLite database and audio files.
+    pub data: PathBuf,
+    /// SIP address, UDP and TCP on the same port (port 0: pick one free port for both).
+    pub sip: SocketAddr,
+    /// TURN address (its service comes with the relay issue).
+    pub turn: SocketAddr,
+    /// Admin HTTP address (its service comes with the admin issue).
+    pub admin: SocketAddr,
+    /// libp2p address (its service comes with the overlay issue).
+    pub p2p: SocketAddr,
+    /// Overlay bootstrap peers.
+    pub bootstrap: Vec<String>,
+    /// Address written into Via, Record-Route, Contact and SDP when the node binds
+    /// 0.0.0.0 or sits behind a 1:1 NAT.
+    pub advertise: Option<IpAddr>,
+    /// DNS server for RFC 3263 lookups (overlay issue).
+    pub dns: Option<SocketAddr>,
+    /// SIP authentication.
+    pub sip_auth: SipAuth,
+    /// UDP ports for RTP (mixer legs, relays).
+    pub rtp_ports: PortRange,
+    /// Peer ranges the relay may reach although they are special-purpose.
+    pub allow_peer: Vec<String>,
+    /// Registrar limits.
+    pub registrar: RegistrarConfig,
+    /// Mixer threads (0: one per core).
+    pub mixer_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: None,
+            data: PathBuf::from("./data"),
+            sip: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            turn: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            p2p: SocketAddr::from(([0, 0, 0, 0], 4001)),
+            bootstrap: Vec::new(),
+            advertise: None,
+            dns: None,
+            sip_auth: SipAuth::Digest,
+            rtp_ports: PortRange {
+                low: 49152,
+                high: 65535,
+            },
+            allow_peer: Vec::new(),
+            registrar: RegistrarConfig::default(),
+            mixer_threads: 0,
+        }
+    }
+}
+
+/// The commented file `supernode init` writes: every setting at its default.
+pub const TEMPLATE: &str = r#"# supernode configuration. Every setting is shown at its default; flags of
+# `supernode run` override this file.
+
+# The SIP domain served. Default: this host's name. The data directory records it on
+# first use: digest passwords are bound to it.
+# domain = "example.org"
+
+# Where the SQLite database and audio files live.
+data = "./data"
+
+# SIP on UDP and TCP, same port. Port 0 picks one free port for both.
+sip = "0.0.0.0:5060"
+
+# TURN (relay), admin UI, overlay: each comes with its own service.
+turn = "0.0.0.0:3478"
+admin = "127.0.0.1:8080"
+p2p = "0.0.0.0:4001"
+bootstrap = []
+
+# Address written into Via, Record-Route, Contact and SDP when binding 0.0.0.0 or
+# behind a 1:1 NAT.
+# advertise = "203.0.113.7"
+
+# DNS server for routing to other SIP domains (RFC 3263).
+# dns = "127.0.0.1:53"
+
+# "digest" (SHA-256 and MD5) or "none" (benchmarks only; every listener must be on
+# loopback).
+sip_auth = "digest"
+
+# UDP ports for RTP.
+rtp_ports = { low = 49152, high = 65535 }
+
+# Special-purpose peer ranges the relay may reach anyway, e.g. ["127.0.0.0/8"].
+allow_peer = []
+
+# Mixer threads; 0 is one per core.
+mixer_threads = 0
+
+[registrar]
+min_expires = 60       # shorter gets 423 Interval Too Brief
+max_expires = 7200     # longer is cut to this
+default_expires = 3600 # when the REGISTER names none
+max_contacts = 10      # per address of record
+# Order of the digest challenges: "sha256-first" (RFC 8760 preference) or "md5-first"
+# for clients that read only the first challenge (sipp 3.6).
+digest_order = "sha256-first"
+"#;
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors, so a typo does not pass silently.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            context: format!("reading {}", path.display()),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The domain, defaulting to the host name.
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(host_name)
+    }
+
+    /// Refuses combinations that would be unsafe: no authentication on a listener
+    /// reachable from outside the host.
+    pub fn validate(&self) -> Result<()> {
+        if self.sip_auth == SipAuth::None {
+            let open: Vec<String> = [
+                ("sip", self.sip),
+                ("turn", self.turn),
+                ("admin", self.admin),
+                ("p2p", self.p2p),
+            ]
+            .iter()
+            .filter(|(_, a)| !a.ip().is_loopback())
+            .map(|(n, a)| format!("--{n} {a}"))
+            .collect();
+            if !open.is_empty() {
+                return Err(Error::Config(format!(
+                    "--sip-auth none is only for benchmarks on loopback; these listeners are not: {}",
+                    open.join(", ")
+                )));
+            }
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.max_expires || r.default_expires < r.min_expires {
+            return Err(Error::Config(
+                "registrar: need min_expires <= default_expires and min_expires <= max_expires"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// This host's name, as the default domain.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_to_the_defaults() {
+        let parsed: Config = toml::from_str(TEMPLATE).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("sipp = \"1.2.3.4:5\"").is_err());
+    }
+
+    #[test]
+    fn auth_none_needs_loopback_everywhere() {
+        let mut c = Config {
+            sip_auth: SipAuth::None,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.sip = lo;
+        c.turn = lo;
+        c.admin = lo;
+        c.p2p = lo;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn port_ranges_parse_and_refuse_nonsense() {
+        assert_eq!(
+            "1000-2000".parse::<PortRange>().unwrap(),
+            PortRange {
+                low: 1000,
+                high: 2000
+            }
+        );
+        assert!("2000-1000".parse::<PortRange>().is_err());
+        assert!("abc".parse::<PortRange>().is_err());
+    }
+}

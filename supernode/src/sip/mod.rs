@@ -1,0 +1,12 @@
+//! The SIP service: intake (normalisation before rsip), transactions (RFC 3261 §17,
+//! RFC 6026), digest authentication, the registrar and its location service, and the
+//! core that routes requests among them.
+
+pub mod core;
+pub mod digest;
+pub mod headers;
+pub mod intake;
+pub mod location;
+pub mod message;
+pub mod registrar;
+pub mod transaction;
