@@ -133,6 +133,8 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     /// Mixer threads (0: one per core).
     pub mixer_threads: usize,
+    /// Per-source flood limits (Kamailio pike style).
+    pub flood: crate::sip::flood::FloodConfig,
 }
 
 impl Default for Config {
@@ -155,6 +157,7 @@ impl Default for Config {
             allow_peer: Vec::new(),
             registrar: RegistrarConfig::default(),
             mixer_threads: 0,
+            flood: crate::sip::flood::FloodConfig::default(),
         }
     }
 }
@@ -207,6 +210,11 @@ max_contacts = 10      # per address of record
 # Order of the digest challenges: "sha256-first" (RFC 8760 preference) or "md5-first"
 # for clients that read only the first challenge (sipp 3.6).
 digest_order = "sha256-first"
+
+[flood]
+requests_per_second = 1000  # per source address, averaged over 2 s; over it: banned
+ban_seconds = 60
+exempt = ["127.0.0.0/8", "::1/128"]
 "#;
 
 impl Config {

@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod digest;
+pub mod flood;
 pub mod headers;
 pub mod intake;
 pub mod location;
