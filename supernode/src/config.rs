@@ -60,20 +60,19 @@ impl std::str::FromStr for PortRange {
     }
 }
 
-/// The order of the two digest challenges (RFC 8760 §2.4: most preferred first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DigestOrder {
-    /// SHA-256 first, then MD5: clients that implement RFC 8760 pick SHA-256.
-    #[default]
-    Sha256First,
-    /// MD5 first, then SHA-256: for clients that read only the first challenge's
-    /// algorithm (sipp 3.6 takes the first `algorithm=` of all challenges).
-    Md5First,
+/// One digest algorithm the registrar and proxy may challenge with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestAlgorithm {
+    /// SHA-256 (RFC 8760).
+    #[serde(rename = "SHA-256")]
+    Sha256,
+    /// MD5 (RFC 3261).
+    #[serde(rename = "MD5")]
+    Md5,
 }
 
 /// Registrar limits (RFC 3261 §10.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// Shortest registration accepted; shorter gets 423 with Min-Expires.
@@ -84,8 +83,8 @@ pub struct RegistrarConfig {
     pub default_expires: u32,
     /// Contacts one AOR may hold.
     pub max_contacts: usize,
-    /// Order of the SHA-256 and MD5 challenges.
-    pub digest_order: DigestOrder,
+    /// Digest challenges offered, most preferred first (RFC 8760 §2.4).
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 impl Default for RegistrarConfig {
@@ -95,7 +94,7 @@ impl Default for RegistrarConfig {
             max_expires: 7200,
             default_expires: 3600,
             max_contacts: 10,
-            digest_order: DigestOrder::Sha256First,
+            digest_algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
         }
     }
 }
@@ -207,9 +206,9 @@ min_expires = 60       # shorter gets 423 Interval Too Brief
 max_expires = 7200     # longer is cut to this
 default_expires = 3600 # when the REGISTER names none
 max_contacts = 10      # per address of record
-# Order of the digest challenges: "sha256-first" (RFC 8760 preference) or "md5-first"
-# for clients that read only the first challenge (sipp 3.6).
-digest_order = "sha256-first"
+# Digest challenges offered, most preferred first (RFC 8760). Clients that choke on a
+# SHA-256 challenge (baresip 1.0, sipp 3.6) need ["MD5"].
+digest_algorithms = ["SHA-256", "MD5"]
 
 [flood]
 requests_per_second = 1000  # per source address, averaged over 2 s; over it: banned
@@ -254,6 +253,11 @@ impl Config {
             }
         }
         let r = &self.registrar;
+        if r.digest_algorithms.is_empty() {
+            return Err(Error::Config(
+                "registrar.digest_algorithms needs at least one of \"SHA-256\", \"MD5\"".into(),
+            ));
+        }
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires {
             return Err(Error::Config(
                 "registrar: need min_expires <= default_expires and min_expires <= max_expires"

@@ -142,7 +142,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         println!("restored {restored} registrations");
     }
     let registrar = Registrar::new(
-        cfg.registrar,
+        cfg.registrar.clone(),
         &domain,
         aliases,
         cfg.sip_auth == SipAuth::Digest,

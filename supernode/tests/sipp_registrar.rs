@@ -2,11 +2,11 @@
 
 mod common;
 
-use common::{admin, md5_first_config, scenario, sipp, Node};
+use common::{admin, md5_only_config, scenario, sipp, Node};
 
-/// A node with user1..userN (password `secret`), challenging MD5 first because sipp
-/// 3.6 answers only MD5 and reads only the first challenge's algorithm. SHA-256 is
-/// tested with our own client in the registrar's unit tests.
+/// A node with user1..userN (password `secret`), challenging with MD5 only because
+/// sipp 3.6 answers only MD5 and reads only the first challenge's algorithm. SHA-256
+/// is tested with our own client in the registrar's unit tests.
 fn node_with_users(n: usize) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     for i in 1..=n {
@@ -15,7 +15,7 @@ fn node_with_users(n: usize) -> Node {
             &["user", "add", &format!("user{i}"), "--password", "secret"],
         );
     }
-    let config = md5_first_config(dir.path());
+    let config = md5_only_config(dir.path());
     let config = config.to_str().expect("utf-8 path").to_string();
     Node::start_owned(dir, &["--config", &config])
 }

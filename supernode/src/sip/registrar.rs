@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rsip::headers::UntypedHeader;
 use rsip::{Request, Response};
 
-use crate::config::{DigestOrder, RegistrarConfig};
+use crate::config::{DigestAlgorithm, RegistrarConfig};
 use crate::sip::digest::{self, Algorithm, Credentials, NonceCheck, Nonces};
 use crate::sip::headers::{split_list, uri_parts, NameAddr};
 use crate::sip::location::{Binding, Location};
@@ -147,10 +147,11 @@ impl<L: Location> Registrar<L> {
     fn challenge(&mut self, req: &Request, now: Instant, stale: bool) -> Response {
         let nonce = self.nonces.issue(now);
         let mut resp = reply(req, 401, Some("Unauthorized"));
-        let mut challenges = digest::challenge(&self.domain, &nonce, stale);
-        if self.config.digest_order == DigestOrder::Md5First {
-            challenges.reverse();
-        }
+        let [sha256, md5] = digest::challenge(&self.domain, &nonce, stale);
+        let challenges = self.config.digest_algorithms.iter().map(|a| match a {
+            DigestAlgorithm::Sha256 => sha256.clone(),
+            DigestAlgorithm::Md5 => md5.clone(),
+        });
         for value in challenges {
             message::push(
                 &mut resp,

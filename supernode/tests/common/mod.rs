@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod baresip;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -32,11 +34,12 @@ pub fn admin(data: &Path, args: &[&str]) {
     );
 }
 
-/// A configuration file for peers that read only the first digest challenge (sipp
-/// 3.6 takes the first `algorithm=` among all WWW-Authenticate values).
-pub fn md5_first_config(data: &Path) -> PathBuf {
-    let path = data.join("md5-first.toml");
-    std::fs::write(&path, "[registrar]\ndigest_order = \"md5-first\"\n").expect("write config");
+/// A configuration file for the Debian 12 peers, which cannot answer a SHA-256
+/// challenge: sipp 3.6 reads the first `algorithm=` among all WWW-Authenticate values,
+/// baresip 1.0 gives up on any SHA-256 challenge it sees.
+pub fn md5_only_config(data: &Path) -> PathBuf {
+    let path = data.join("md5-only.toml");
+    std::fs::write(&path, "[registrar]\ndigest_algorithms = [\"MD5\"]\n").expect("write config");
     path
 }
 
