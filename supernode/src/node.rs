@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sip::core::SipCore;
 use crate::sip::digest::{NonceConfig, Nonces};
+use crate::sip::flood::{FloodGuard, Verdict};
 use crate::sip::intake;
 use crate::sip::location::{Binding, LocalLocation, PendingWrite};
 use crate::sip::registrar::{Accounts, Registrar};
@@ -187,24 +188,46 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut connections: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
     let mut buf = vec![0u8; intake::MAX_MESSAGE + 1];
+    let mut flood = FloodGuard::new(cfg.flood.clone());
+    // Drops what a flooding source sends before any parsing; logs each ban once, in one
+    // stable line that fail2ban can match.
+    let mut admit = |ip: std::net::IpAddr, now: Instant| match flood.check(ip, now) {
+        Verdict::Allow => true,
+        Verdict::Ban => {
+            metrics.rate_limited.inc();
+            metrics.banned_sources.set(flood.banned(now) as u64);
+            tracing::warn!(target: "supernode::flood", "flood: banned src={ip} for {} s", cfg.flood.ban_seconds);
+            false
+        }
+        Verdict::Drop => {
+            metrics.rate_limited.inc();
+            false
+        }
+    };
     let mut last_flush = Instant::now();
     loop {
         tokio::select! {
             r = udp.recv_from(&mut buf) => {
                 let now = Instant::now();
-                if let Ok((n, from)) = r {
+                if let Ok((n, from)) = r.map_err(drop).and_then(|(n, from)| if admit(from.ip(), now) { Ok((n, from)) } else { Err(()) }) {
                     core.handle_bytes(&buf[..n], Flow { transport: Transport::Udp, remote: from, connection: None }, now, &store);
                 }
                 // Drain what else is queued before going back to select.
                 for _ in 0..64 {
                     match udp.try_recv_from(&mut buf) {
+                        Ok((_, from)) if !admit(from.ip(), now) => {}
                         Ok((n, from)) => core.handle_bytes(&buf[..n], Flow { transport: Transport::Udp, remote: from, connection: None }, now, &store),
                         Err(_) => break,
                     }
                 }
             }
             Some(msg) = in_rx.recv() => match msg {
-                Inbound::Message(bytes, flow) => core.handle_bytes(&bytes, flow, Instant::now(), &store),
+                Inbound::Message(bytes, flow) => {
+                    let now = Instant::now();
+                    if admit(flow.remote.ip(), now) {
+                        core.handle_bytes(&bytes, flow, now, &store);
+                    }
+                }
                 Inbound::Opened(id, tx) => { connections.insert(id, tx); }
                 Inbound::Closed(id) => { connections.remove(&id); }
             },

@@ -142,3 +142,32 @@ fn a_stream_with_lost_framing_is_closed_and_others_are_served() {
         String::from_utf8_lossy(&resp[..n])
     );
 }
+
+#[test]
+fn a_flooding_source_is_dropped_and_banned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("flood.toml");
+    std::fs::write(
+        &config,
+        "[flood]\nrequests_per_second = 5\nban_seconds = 60\nexempt = []\n",
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8").to_string();
+    let node = Node::start_owned(dir, &["--config", &config]);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut answered = 0;
+    for i in 0..40 {
+        let msg = headers(
+            "OPTIONS",
+            &format!("{}", i + 1),
+            "Content-Length: 0\r\n\r\n",
+        );
+        if ask(&sock, &node, msg.as_bytes()) == Some(200) {
+            answered += 1;
+        }
+    }
+    // 5/s averaged over 2 s: the first 10 pass, then the source is banned.
+    assert_eq!(answered, 10, "answered {answered} of 40");
+}
