@@ -76,6 +76,10 @@ async fn bind_sip(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(cfg: Config, store: Store) -> Result<()> {
+    // Before anything is printed: a script that reads our addresses may signal at once.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let metrics = Arc::new(Metrics::default());
     let mixer = mixer::Mixer::start(mixer::MixerConfig {
         shards: cfg.mixer_threads,
@@ -182,8 +186,6 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(4096);
     tokio::spawn(accept_loop(tcp, in_tx));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(io("installing the SIGTERM handler"))?;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut connections: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
@@ -234,7 +236,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
             _ = ticker.tick() => {
                 core.handle_timeout(Instant::now(), &store);
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
         }
         while let Some(t) = core.poll_transmit() {
