@@ -83,6 +83,8 @@ pub struct RegistrarConfig {
     pub default_expires: u32,
     /// Contacts one AOR may hold.
     pub max_contacts: usize,
+    /// Seconds between NAT keepalives (CRLF-CRLF) to each UDP registration's address.
+    pub nat_keepalive_seconds: u64,
     /// Digest challenges offered, most preferred first (RFC 8760 §2.4).
     pub digest_algorithms: Vec<DigestAlgorithm>,
 }
@@ -94,6 +96,7 @@ impl Default for RegistrarConfig {
             max_expires: 7200,
             default_expires: 3600,
             max_contacts: 10,
+            nat_keepalive_seconds: 25,
             digest_algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
         }
     }
@@ -206,6 +209,7 @@ min_expires = 60       # shorter gets 423 Interval Too Brief
 max_expires = 7200     # longer is cut to this
 default_expires = 3600 # when the REGISTER names none
 max_contacts = 10      # per address of record
+nat_keepalive_seconds = 25  # CRLF-CRLF to each UDP registration, keeps NAT bindings open
 # Digest challenges offered, most preferred first (RFC 8760). Clients that choke on a
 # SHA-256 challenge (baresip 1.0, sipp 3.6) need ["MD5"].
 digest_algorithms = ["SHA-256", "MD5"]
@@ -253,6 +257,11 @@ impl Config {
             }
         }
         let r = &self.registrar;
+        if r.nat_keepalive_seconds == 0 {
+            return Err(Error::Config(
+                "registrar.nat_keepalive_seconds must be at least 1".into(),
+            ));
+        }
         if r.digest_algorithms.is_empty() {
             return Err(Error::Config(
                 "registrar.digest_algorithms needs at least one of \"SHA-256\", \"MD5\"".into(),

@@ -207,6 +207,12 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         }
     };
     let mut last_flush = Instant::now();
+    // Keeps the NAT bindings of UDP phones open between their registrations (like
+    // Kamailio's nathelper): a CRLF-CRLF every 25 s, which phones ignore.
+    let ping_every = Duration::from_secs(cfg.registrar.nat_keepalive_seconds);
+    let mut nat_ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    nat_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = udp.recv_from(&mut buf) => {
@@ -235,6 +241,11 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
             },
             _ = ticker.tick() => {
                 core.handle_timeout(Instant::now(), &store);
+            }
+            _ = nat_ping.tick() => {
+                for flow in core.registrar_mut().location().udp_flows(Instant::now()) {
+                    let _ = udp.try_send_to(b"\r\n\r\n", flow.remote);
+                }
             }
             _ = int.recv() => break,
             _ = term.recv() => break,

@@ -167,3 +167,36 @@ fn registrations_survive_a_restart() {
         "{text}"
     );
 }
+
+#[test]
+fn udp_registrations_get_nat_keepalives() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, "[registrar]\nnat_keepalive_seconds = 1\n").expect("config");
+    let node = Node::start_in(
+        dir.path(),
+        &[
+            "--sip-auth",
+            "none",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+        ],
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let me = sock.local_addr().expect("addr");
+    let reg = format!(
+        "REGISTER sip:example.org SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-k1\r\n\
+         From: <sip:dave@example.org>;tag=1\r\nTo: <sip:dave@example.org>\r\nCall-ID: k1\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:dave@{me}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(reg.as_bytes(), node.sip).expect("send");
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("200");
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+    let n = sock.recv(&mut buf).expect("a keepalive within 3 s");
+    assert_eq!(&buf[..n], b"\r\n\r\n");
+}

@@ -111,6 +111,21 @@ impl LocalLocation {
         now + Duration::from_secs(unix.saturating_sub(base).max(0) as u64)
     }
 
+    /// The distinct UDP flows of live bindings: the NAT bindings the node keeps open
+    /// with keepalives so requests can still reach phones behind NAT.
+    pub fn udp_flows(&self, now: Instant) -> Vec<Flow> {
+        let mut flows: Vec<Flow> = self
+            .table
+            .values()
+            .flatten()
+            .filter(|b| b.flow.transport == Transport::Udp && b.expires > now)
+            .map(|b| b.flow)
+            .collect();
+        flows.sort_by_key(|f| f.remote);
+        flows.dedup_by_key(|f| f.remote);
+        flows
+    }
+
     /// Takes the writes queued since the last call.
     pub fn take_pending(&mut self) -> Vec<PendingWrite> {
         std::mem::take(&mut self.pending)
@@ -258,6 +273,20 @@ mod tests {
         assert!(loc.remove("a@x", "sip:a@1.1.1.1"));
         assert!(loc.is_empty());
         assert!(!loc.remove("a@x", "sip:a@1.1.1.1"));
+    }
+
+    #[test]
+    fn udp_flows_are_distinct_and_live() {
+        let now = Instant::now();
+        let mut loc = LocalLocation::new(now, SystemTime::now());
+        loc.store(binding("a@x", "sip:a@1.1.1.1", 60, 1.0, now));
+        loc.store(binding("b@x", "sip:b@1.1.1.1", 60, 1.0, now)); // same NAT flow
+        let mut tcp = binding("c@x", "sip:c@3.3.3.3", 60, 1.0, now);
+        tcp.flow.transport = Transport::Tcp;
+        tcp.flow.remote = "127.0.0.1:6000".parse().unwrap();
+        loc.store(tcp);
+        assert_eq!(loc.udp_flows(now).len(), 1);
+        assert!(loc.udp_flows(now + Duration::from_secs(61)).is_empty());
     }
 
     #[test]
