@@ -16,14 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, SipAuth};
+use crate::config::{Config, DigestAlgorithm, SipAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sip::core::SipCore;
-use crate::sip::digest::{NonceConfig, Nonces};
+use crate::sip::digest::{Algorithm, NonceConfig, Nonces};
 use crate::sip::flood::{FloodGuard, Verdict};
 use crate::sip::intake;
 use crate::sip::location::{Binding, LocalLocation, PendingWrite};
+use crate::sip::proxy::{Proxy, ProxyConfig, DEFAULT_NO_ANSWER};
 use crate::sip::registrar::{Accounts, Registrar};
 use crate::sip::transaction::{self, Flow, TransactionLayer, Transport};
 use crate::store::{Account, Store};
@@ -105,9 +106,18 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
+    // The address written into Via and Record-Route: one others can send to, so never
+    // the unspecified address a wildcard bind reports.
+    let advertised = SocketAddr::new(
+        cfg.advertise.unwrap_or_else(|| outward_ip(local.ip())),
+        local.port(),
+    );
     let mut aliases = vec![local.ip().to_string()];
     if let Some(ip) = cfg.advertise {
         aliases.push(ip.to_string());
+    }
+    if !aliases.contains(&advertised.ip().to_string()) {
+        aliases.push(advertised.ip().to_string());
     }
     if local.ip().is_unspecified() || local.ip().is_loopback() {
         aliases.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
@@ -154,9 +164,28 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         Nonces::with_random_secret(NonceConfig::default(), now),
         location,
     );
+    let proxy = Proxy::new(
+        ProxyConfig {
+            address: advertised,
+            authenticate: cfg.sip_auth == SipAuth::Digest,
+            digest_algorithms: cfg
+                .registrar
+                .digest_algorithms
+                .iter()
+                .map(|a| match a {
+                    DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                    DigestAlgorithm::Md5 => Algorithm::Md5,
+                })
+                .collect(),
+            no_answer: DEFAULT_NO_ANSWER,
+        },
+        Nonces::with_random_secret(NonceConfig::default(), now),
+        metrics.clone(),
+    );
     let mut core = SipCore::new(
         TransactionLayer::new(transaction::Config::default()),
         registrar,
+        proxy,
         metrics.clone(),
     );
 
@@ -250,18 +279,31 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
             _ = int.recv() => break,
             _ = term.recv() => break,
         }
-        while let Some(t) = core.poll_transmit() {
-            match t.flow.transport {
-                Transport::Udp => {
-                    if udp.try_send_to(&t.message, t.flow.remote).is_err() {
-                        let _ = udp.send_to(&t.message, t.flow.remote).await;
+        // Sends everything queued; a transaction whose message could not go out (its TCP
+        // connection is gone) is told so, which may queue more (the proxy's 480).
+        let mut failed = Vec::new();
+        loop {
+            while let Some(t) = core.poll_transmit() {
+                let sent = match t.flow.transport {
+                    Transport::Udp => {
+                        udp.try_send_to(&t.message, t.flow.remote).is_ok()
+                            || udp.send_to(&t.message, t.flow.remote).await.is_ok()
                     }
+                    Transport::Tcp | Transport::Tls => t
+                        .flow
+                        .connection
+                        .and_then(|id| connections.get(&id))
+                        .is_some_and(|tx| tx.try_send(t.message).is_ok()),
+                };
+                if let (false, Some(key)) = (sent, t.key) {
+                    failed.push(key);
                 }
-                Transport::Tcp | Transport::Tls => {
-                    if let Some(tx) = t.flow.connection.and_then(|id| connections.get(&id)) {
-                        let _ = tx.try_send(t.message);
-                    }
-                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            for key in failed.drain(..) {
+                core.handle_transport_error(key, Instant::now(), &store);
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(100) {
@@ -284,6 +326,21 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
     .await;
     println!("stopped");
     Ok(())
+}
+
+/// The local address the host would send from when `bound` is the wildcard: found by
+/// connecting a UDP socket (which sends nothing) towards a documentation address.
+fn outward_ip(bound: std::net::IpAddr) -> std::net::IpAddr {
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect(("192.0.2.1", 9)).map(|()| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+    }
 }
 
 async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>) {

@@ -2,6 +2,7 @@
 //! RFC 6026), digest authentication, the registrar and its location service, and the
 //! core that routes requests among them.
 
+pub mod conference;
 pub mod core;
 pub mod digest;
 pub mod flood;
@@ -9,5 +10,7 @@ pub mod headers;
 pub mod intake;
 pub mod location;
 pub mod message;
+pub mod proxy;
 pub mod registrar;
+pub mod sdp;
 pub mod transaction;
