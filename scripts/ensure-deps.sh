@@ -9,6 +9,7 @@ declare -A need=(
   [cmake]=cmake           # builds the bundled libopus (opus crate)
   [pkg-config]=pkg-config
   [sipp]=sip-tester       # real SIP peer in the integration tests
+  [baresip]=baresip       # real phone (UA) in the integration tests
 )
 missing=()
 for cmd in "${!need[@]}"; do
