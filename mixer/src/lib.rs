@@ -54,4 +54,4 @@ pub use engine::{LegHandle, Mixer, MixerConfig, MixerEvent};
 pub use error::{MixerError, Result};
 pub use leg::{LegConfig, LegId, LegStats};
 pub use outbox::{OutPacket, Outbox};
-pub use room::{MixStrategy, Room, RoomConfig, RoomEvent, RoomId, TICK};
+pub use room::{MixStrategy, Prompt, Room, RoomConfig, RoomEvent, RoomId, TICK};

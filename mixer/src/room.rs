@@ -15,6 +15,7 @@ use crate::leg::{Leg, LegConfig, LegId, LegStats, Received};
 use crate::limiter::Limiter;
 use crate::outbox::Outbox;
 use crate::resample::Resampler;
+use crate::signal::Tone;
 use crate::simd;
 use crate::speaker::{SpeakerConfig, SpeakerSelector, TalkerChange};
 
@@ -52,6 +53,33 @@ pub struct RoomConfig {
     pub rtp_timeout: Duration,
     /// Most legs the room admits.
     pub max_legs: usize,
+    /// A tone everyone in the room hears, e.g. the "enter your PIN" prompt of a lobby.
+    pub prompt: Option<Prompt>,
+}
+
+/// A repeating tone mixed into a room's output as if someone were talking: the prompt a
+/// caller waiting for a PIN hears (tones are the whole vocabulary of this mixer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prompt {
+    /// Tone frequency in Hz.
+    pub freq_hz: f32,
+    /// Peak level, 0.0..=1.0.
+    pub level: f32,
+    /// How long each beep lasts.
+    pub on: Duration,
+    /// The silence between beeps.
+    pub off: Duration,
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt {
+            freq_hz: 425.0,
+            level: 0.2,
+            on: Duration::from_millis(200),
+            off: Duration::from_millis(800),
+        }
+    }
 }
 
 impl Default for RoomConfig {
@@ -61,6 +89,7 @@ impl Default for RoomConfig {
             strategy: MixStrategy::Shared,
             rtp_timeout: Duration::from_secs(30),
             max_legs: 1000,
+            prompt: None,
         }
     }
 }
@@ -108,6 +137,7 @@ pub struct Room {
     rate: u32,
     next_tick: Option<Instant>,
     mix: Vec<f32>,
+    prompt: Option<Tone>,
     scratch: Vec<f32>,
     native: Vec<f32>,
     payload: Box<[u8; MAX_PAYLOAD]>,
@@ -128,6 +158,9 @@ impl Room {
             rate: 8_000,
             next_tick: None,
             mix: vec![0.0; 160],
+            prompt: config
+                .prompt
+                .map(|p| Tone::new(p.freq_hz, 8_000, p.level.clamp(0.0, 1.0))),
             scratch: vec![0.0; 160],
             native: vec![0.0; 960],
             payload: Box::new([0; MAX_PAYLOAD]),
@@ -247,6 +280,10 @@ impl Room {
         let frame = (rate / 50) as usize;
         self.mix = vec![0.0; frame];
         self.scratch = vec![0.0; frame];
+        self.prompt = self
+            .config
+            .prompt
+            .map(|p| Tone::new(p.freq_hz, rate, p.level.clamp(0.0, 1.0)));
         for leg in &mut self.legs {
             leg.set_room_rate(rate)?;
         }
@@ -352,6 +389,23 @@ impl Room {
         }
     }
 
+    /// Adds the prompt tone to the mix when this tick falls in a beep; returns whether it
+    /// did. Time is counted in ticks, so the cadence needs no clock.
+    fn add_prompt(&mut self) -> bool {
+        let (Some(p), Some(tone)) = (self.config.prompt, self.prompt.as_mut()) else {
+            return false;
+        };
+        let tick_ms = TICK.as_millis() as u64;
+        let on = (p.on.as_millis() as u64 / tick_ms).max(1);
+        let period = on + p.off.as_millis() as u64 / tick_ms;
+        if self.ticks % period.max(1) >= on {
+            return false;
+        }
+        tone.fill(&mut self.scratch);
+        simd::add_into(&mut self.mix, &self.scratch);
+        true
+    }
+
     fn check_timeouts(&mut self, now: Instant) {
         for leg in &mut self.legs {
             if !leg.held
@@ -413,6 +467,7 @@ impl Room {
                 talkers += 1;
             }
         }
+        let prompting = self.add_prompt();
         // 4. Talkers: their own mix-minus, encoded for them alone. A talker whose own
         //    frames have been below the activity threshold for a while (a pause inside
         //    its turn) would get a mix-minus equal to the full mix less near-silence, so
@@ -433,14 +488,14 @@ impl Room {
             }
             simd::sub(&mut self.scratch, &self.mix, &leg.pcm_room);
             leg.limiter.process(&mut self.scratch);
-            let silent = talkers <= 1;
+            let silent = talkers <= 1 && !prompting;
             match leg.encode_own(&self.scratch, &mut self.payload) {
                 Ok(n) => out.push_rtp(leg, silent, &self.payload[..n]),
                 Err(_) => leg.stats.encode_errors += 1,
             }
         }
         // 5. Everyone else: one encode per group, one header per member.
-        let silent = talkers == 0;
+        let silent = talkers == 0 && !prompting;
         for (gi, g) in self.groups.iter_mut().enumerate() {
             if g.listeners == 0 {
                 continue;
@@ -486,13 +541,14 @@ impl Room {
                 leg.skip(now);
             }
         }
+        let prompting = self.add_prompt();
         for leg in &mut self.legs {
             if leg.held {
                 leg.skip_frame();
                 continue;
             }
             let own = usize::from(leg.level.is_some_and(|l| l > threshold));
-            let silent = active - own == 0;
+            let silent = active - own == 0 && !prompting;
             if leg.decoded {
                 simd::sub(&mut self.scratch, &self.mix, &leg.pcm_room);
             } else {

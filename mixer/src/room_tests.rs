@@ -1183,3 +1183,27 @@ fn held_leg_resumes_with_a_timestamp_that_kept_running() {
     }
     assert!(worst < 48.0, "RFC 3550 jitter reached {worst:.0} units");
 }
+
+#[test]
+fn a_prompt_room_beeps_to_its_caller() {
+    let config = RoomConfig {
+        prompt: Some(crate::room::Prompt::default()),
+        ..RoomConfig::default()
+    };
+    let mut sim = Sim::new(config, vec![Phone::listener(1, CodecKind::Opus)]);
+    sim.run_until(150);
+    let beep = sim.get(1).power(425.0);
+    let other = sim.get(1).power(1000.0);
+    // A 0.2-amplitude tone about a fifth of the time: clearly there, and nothing else.
+    assert!(
+        beep > 1e-4 && beep > 100.0 * other,
+        "beep {beep:e} other {other:e}"
+    );
+    // Without a prompt the same caller hears silence.
+    let mut quiet = Sim::new(
+        RoomConfig::default(),
+        vec![Phone::listener(1, CodecKind::Opus)],
+    );
+    quiet.run_until(150);
+    assert!(quiet.get(1).power(425.0) < 1e-6);
+}
