@@ -4,10 +4,12 @@
 //!
 //! The SIP driver is deliberately thin: one task owns the [`SipCore`] and the UDP
 //! socket, TCP connections are tasks that frame messages and hand them over a channel,
-//! and a persistence thread writes registrations behind.
+//! and a persistence thread writes registrations behind. The same task executes the
+//! conference's mixer commands (binding one RTP socket per conference dialog) and feeds
+//! the mixer's events back on its 10 ms ticker.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,9 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, DigestAlgorithm, SipAuth};
+use crate::config::{Config, DigestAlgorithm, PortRange, SipAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::sip::conference::{Conference, ConferenceConfig, DialogId, MixerCommand};
 use crate::sip::core::SipCore;
 use crate::sip::digest::{Algorithm, NonceConfig, Nonces};
 use crate::sip::flood::{FloodGuard, Verdict};
@@ -27,7 +30,7 @@ use crate::sip::location::{Binding, LocalLocation, PendingWrite};
 use crate::sip::proxy::{Proxy, ProxyConfig, DEFAULT_NO_ANSWER};
 use crate::sip::registrar::{Accounts, Registrar};
 use crate::sip::transaction::{self, Flow, TransactionLayer, Transport};
-use crate::store::{Account, Store};
+use crate::store::{Account, RoomRecord, Store};
 
 impl Accounts for Store {
     fn account(&self, name: &str) -> Option<Account> {
@@ -37,6 +40,167 @@ impl Accounts for Store {
                 tracing::error!("reading account {name:?}: {e}");
                 None
             }
+        }
+    }
+
+    fn room(&self, name: &str) -> Option<RoomRecord> {
+        match Store::room(self, name) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("reading room {name:?}: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The RTP sockets of the conference dialogs: one per dialog, bound from the RTP port
+/// range the first time a leg of the dialog is added and kept until the dialog's
+/// `ReleaseMedia`, so a leg moved between mixer rooms keeps the port its SDP announced.
+struct Media {
+    ip: IpAddr,
+    range: PortRange,
+    /// Where the next search for a free port starts (even ports only, RFC 3550 §11).
+    next: u16,
+    sockets: HashMap<DialogId, std::net::UdpSocket>,
+}
+
+impl Media {
+    fn new(ip: IpAddr, range: PortRange) -> Self {
+        Media {
+            ip,
+            range,
+            next: range.low,
+            sockets: HashMap::new(),
+        }
+    }
+
+    /// The dialog's socket, bound on first use: the range is searched from where the
+    /// last search ended, so ports are not reused at once.
+    fn socket(&mut self, dialog: DialogId) -> std::io::Result<&std::net::UdpSocket> {
+        if !self.sockets.contains_key(&dialog) {
+            let socket = self.bind()?;
+            self.sockets.insert(dialog, socket);
+        }
+        Ok(&self.sockets[&dialog])
+    }
+
+    fn bind(&mut self) -> std::io::Result<std::net::UdpSocket> {
+        let low = u32::from(self.range.low.max(1).next_multiple_of(2));
+        let high = u32::from(self.range.high);
+        if low > high {
+            return Err(std::io::Error::other(
+                "the RTP port range holds no even port",
+            ));
+        }
+        let slots = (high - low) / 2 + 1;
+        let start = (u32::from(self.next).clamp(low, high) - low) / 2;
+        for i in 0..slots {
+            let port = (low + ((start + i) % slots) * 2) as u16;
+            if let Ok(socket) = std::net::UdpSocket::bind((self.ip, port)) {
+                self.next = port.saturating_add(2);
+                return Ok(socket);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("no free RTP port in {}-{}", self.range.low, self.range.high),
+        ))
+    }
+
+    fn release(&mut self, dialog: DialogId) {
+        self.sockets.remove(&dialog);
+    }
+}
+
+/// Executes the conference's mixer commands until none is left; creating a room and
+/// adding a leg are reported back at once, which may queue more.
+fn run_mixer(core: &mut SipCore, mixer: &mixer::Mixer, media: &mut Media) {
+    while let Some(cmd) = core.poll_mixer_command() {
+        let now = Instant::now();
+        match cmd {
+            MixerCommand::CreateRoom { token, config } => {
+                let result = mixer.create_room(config).map_err(|e| e.to_string());
+                core.room_created(token, result, now);
+            }
+            MixerCommand::AddLeg {
+                dialog,
+                room,
+                config,
+            } => {
+                // The mixer gets a clone: the socket stays open here until ReleaseMedia.
+                let result = media
+                    .socket(dialog)
+                    .and_then(|s| s.try_clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| mixer.add_leg(room, config, s).map_err(|e| e.to_string()));
+                if let Err(e) = &result {
+                    tracing::warn!("adding a conference leg: {e}");
+                }
+                core.leg_added(dialog, result, now);
+            }
+            MixerCommand::RemoveLeg { room, leg } => {
+                if let Err(e) = mixer.remove_leg(room, leg) {
+                    tracing::debug!("removing leg {leg:?}: {e}");
+                }
+            }
+            MixerCommand::SetHeld { room, leg, held } => {
+                if let Err(e) = mixer.set_held(room, leg, held) {
+                    tracing::debug!("holding leg {leg:?}: {e}");
+                }
+            }
+            MixerCommand::DestroyRoom { room } => {
+                if let Err(e) = mixer.destroy_room(room) {
+                    tracing::debug!("destroying room {room:?}: {e}");
+                }
+            }
+            MixerCommand::ReleaseMedia { dialog } => media.release(dialog),
+        }
+    }
+}
+
+/// Feeds what the mixer reported (DTMF, RTP timeouts) to the core, without blocking.
+fn drain_mixer_events(core: &mut SipCore, mixer: &mixer::Mixer) {
+    // Bounded, so a flood of events cannot starve SIP; the rest waits for the next tick.
+    for _ in 0..1024 {
+        match mixer.events().try_recv() {
+            Ok(event) => core.handle_mixer_event(&event, Instant::now()),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Sends everything the core queued; a transaction whose message could not go out (its
+/// TCP connection is gone) is told so, which may queue more (the proxy's 480).
+async fn transmit(
+    core: &mut SipCore,
+    udp: &UdpSocket,
+    connections: &HashMap<u64, mpsc::Sender<Bytes>>,
+    store: &Store,
+) {
+    let mut failed = Vec::new();
+    loop {
+        while let Some(t) = core.poll_transmit() {
+            let sent = match t.flow.transport {
+                Transport::Udp => {
+                    udp.try_send_to(&t.message, t.flow.remote).is_ok()
+                        || udp.send_to(&t.message, t.flow.remote).await.is_ok()
+                }
+                Transport::Tcp | Transport::Tls => t
+                    .flow
+                    .connection
+                    .and_then(|id| connections.get(&id))
+                    .is_some_and(|tx| tx.try_send(t.message).is_ok()),
+            };
+            if let (false, Some(key)) = (sent, t.key) {
+                failed.push(key);
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        for key in failed.drain(..) {
+            core.handle_transport_error(key, Instant::now(), store);
         }
     }
 }
@@ -52,6 +216,9 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
 }
+
+/// How long a stopping node waits for the answers to the BYEs of its conference calls.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Binds UDP and TCP on the same address; with port 0, tries a few ports until both
 /// bind.
@@ -182,10 +349,13 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         Nonces::with_random_secret(NonceConfig::default(), now),
         metrics.clone(),
     );
+    let conference = Conference::new(ConferenceConfig::new(advertised, advertised.ip()));
+    let mut media = Media::new(local.ip(), cfg.rtp_ports);
     let mut core = SipCore::new(
         TransactionLayer::new(transaction::Config::default()),
         registrar,
         proxy,
+        conference,
         metrics.clone(),
     );
 
@@ -269,6 +439,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
                 Inbound::Closed(id) => { connections.remove(&id); }
             },
             _ = ticker.tick() => {
+                drain_mixer_events(&mut core, &mixer);
                 core.handle_timeout(Instant::now(), &store);
             }
             _ = nat_ping.tick() => {
@@ -279,33 +450,8 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
             _ = int.recv() => break,
             _ = term.recv() => break,
         }
-        // Sends everything queued; a transaction whose message could not go out (its TCP
-        // connection is gone) is told so, which may queue more (the proxy's 480).
-        let mut failed = Vec::new();
-        loop {
-            while let Some(t) = core.poll_transmit() {
-                let sent = match t.flow.transport {
-                    Transport::Udp => {
-                        udp.try_send_to(&t.message, t.flow.remote).is_ok()
-                            || udp.send_to(&t.message, t.flow.remote).await.is_ok()
-                    }
-                    Transport::Tcp | Transport::Tls => t
-                        .flow
-                        .connection
-                        .and_then(|id| connections.get(&id))
-                        .is_some_and(|tx| tx.try_send(t.message).is_ok()),
-                };
-                if let (false, Some(key)) = (sent, t.key) {
-                    failed.push(key);
-                }
-            }
-            if failed.is_empty() {
-                break;
-            }
-            for key in failed.drain(..) {
-                core.handle_transport_error(key, Instant::now(), &store);
-            }
-        }
+        run_mixer(&mut core, &mixer, &mut media);
+        transmit(&mut core, &udp, &connections, &store).await;
         if last_flush.elapsed() >= Duration::from_millis(100) {
             last_flush = Instant::now();
             let pending = core.registrar_mut().location_mut().take_pending();
@@ -313,6 +459,35 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
                 let _ = persist_tx.send(pending);
             }
         }
+    }
+    // Conference calls end with a BYE each: sent now, and the SIP service kept running
+    // (bounded) until they are answered, so phones learn the call is over.
+    core.shutdown_conference(Instant::now());
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+    loop {
+        run_mixer(&mut core, &mixer, &mut media);
+        transmit(&mut core, &udp, &connections, &store).await;
+        if core.pending_conference_requests() == 0 {
+            break;
+        }
+        tokio::select! {
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    core.handle_bytes(&buf[..n], Flow { transport: Transport::Udp, remote: from, connection: None }, Instant::now(), &store);
+                }
+            }
+            Some(msg) = in_rx.recv() => match msg {
+                Inbound::Message(bytes, flow) => core.handle_bytes(&bytes, flow, Instant::now(), &store),
+                Inbound::Opened(id, tx) => { connections.insert(id, tx); }
+                Inbound::Closed(id) => { connections.remove(&id); }
+            },
+            _ = ticker.tick() => core.handle_timeout(Instant::now(), &store),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    // Stream writers get a moment to put the last BYEs on the wire.
+    if !connections.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pending = core.registrar_mut().location_mut().take_pending();
     if !pending.is_empty() {
@@ -403,4 +578,46 @@ async fn connection(
     }
     let _ = inbound.send(Inbound::Closed(id)).await;
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialog(n: u64) -> DialogId {
+        DialogId::for_tests(n)
+    }
+
+    #[test]
+    fn media_binds_even_ports_of_the_range_once_per_dialog_until_released() {
+        // A range of its own, on loopback; ports some other process holds are skipped.
+        let range = PortRange {
+            low: 43001,
+            high: 43011,
+        };
+        let mut media = Media::new(IpAddr::from([127, 0, 0, 1]), range);
+        let a = media.socket(dialog(1)).unwrap().local_addr().unwrap();
+        let again = media.socket(dialog(1)).unwrap().local_addr().unwrap();
+        assert_eq!(a, again, "one socket per dialog");
+        let b = media.socket(dialog(2)).unwrap().local_addr().unwrap();
+        assert_ne!(a.port(), b.port());
+        for p in [a.port(), b.port()] {
+            assert!(p % 2 == 0 && (43002..=43010).contains(&p), "{p}");
+        }
+        // Five even ports: the range runs out while all are held, and frees on release.
+        let mut held = Vec::new();
+        for n in 3..10 {
+            match media.socket(dialog(n)) {
+                Ok(_) => held.push(n),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+                    break;
+                }
+            }
+        }
+        assert!(held.len() <= 3, "{held:?}");
+        assert!(media.socket(dialog(100)).is_err());
+        media.release(dialog(1));
+        assert!(media.socket(dialog(100)).is_ok());
+    }
 }

@@ -54,7 +54,7 @@
 //!   mixer or as SIP INFO (`application/dtmf-relay`, `application/dtmf`). A try ends
 //!   with `#` or when as many digits as the PIN has were typed; `*` clears the entry.
 //!   The right PIN moves the leg into the room; the third wrong try or the PIN timeout
-//!   hangs up. There is no prompt: the mixer has no tone or announcement player yet.
+//!   hangs up. While waiting, the caller hears the lobby's prompt: a 425 Hz beep each second.
 //! * 2xx retransmission until the ACK (§13.3.1.4): T1 doubling to T2, BYE after 64·T1.
 //! * BYE on RTP timeout (the mixer's `LegTimedOut`), wrong PIN, and [`Conference::shutdown`].
 //!
@@ -131,6 +131,14 @@ impl ConferenceConfig {
 /// keep the dialog's RTP socket under it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DialogId(u64);
+
+impl DialogId {
+    /// A dialog id for the driver's own tests (the conference makes the real ones).
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> Self {
+        DialogId(n)
+    }
+}
 
 /// Names a mixer room the conference asked for, until the driver reports its
 /// [`RoomId`] through [`Conference::room_created`].
@@ -679,8 +687,10 @@ impl Conference {
                         if let Some(d) = self.dialogs.get_mut(&id) {
                             d.lobby = creating;
                         }
+                        // The caller hears a beep every second until the PIN is right.
                         let lobby = RoomConfig {
                             max_legs: 1,
+                            prompt: Some(mixer::Prompt::default()),
                             ..self.config.room
                         };
                         (TokenOwner::Lobby(id), lobby)

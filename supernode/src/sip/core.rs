@@ -1,23 +1,38 @@
 //! The SIP service's core: routes each incoming message to the transaction layer, each
-//! new request to the registrar, the OPTIONS responder or the proxy, and every other
-//! transaction event (responses, CANCEL, ACK, timeouts) to the proxy.
+//! new request to the registrar, the OPTIONS responder, the conference UAS or the proxy,
+//! and every other transaction event (responses, CANCEL, ACK, timeouts) to the proxy or
+//! the conference.
+//!
+//! Routing to the conference follows the contract of [`crate::sip::conference`]:
+//! in-dialog requests and ACKs of its dialogs, CANCELs of its INVITEs, and initial
+//! requests whose Request-URI user is a room of our domain (looked up through
+//! [`Accounts::room`] after the proxy validated and authenticated the request, before
+//! the AOR lookup: rooms and users share one namespace).
 //!
 //! Sans-IO like its parts: bytes and the flow they came on go in with the time,
-//! datagrams to send come out of [`SipCore::poll_transmit`].
+//! datagrams to send come out of [`SipCore::poll_transmit`], and what the conference
+//! wants of the mixer comes out of [`SipCore::poll_mixer_command`]; the driver reports
+//! the results back through [`SipCore::room_created`] and [`SipCore::leg_added`], and
+//! the mixer's events through [`SipCore::handle_mixer_event`].
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use mixer::{LegHandle, MixerEvent, RoomId};
 use rsip::{Request, SipMessage};
 
 use crate::metrics::Metrics;
+use crate::sip::conference::{Action, Conference, DialogId, MixerCommand, RoomToken};
+use crate::sip::headers::uri_parts;
 use crate::sip::intake::{self, Intake, IntakeError};
 use crate::sip::location::{LocalLocation, Location};
 use crate::sip::message::{self, first, reply, Name, SERVER};
 use crate::sip::proxy::{self, Env, Failure, Proxy, Verdict};
 use crate::sip::registrar::{Accounts, Outcome, Registrar};
 use crate::sip::transaction::{Event, Flow, TransactionKey, TransactionLayer, Transmit, Transport};
+use crate::store::RoomRecord;
 
 /// Methods this node implements as a UAS, for Allow.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO";
@@ -27,22 +42,31 @@ pub struct SipCore {
     transactions: TransactionLayer,
     registrar: Registrar<LocalLocation>,
     proxy: Proxy,
+    conference: Conference,
+    /// Mixer commands of the conference, in order, for the driver.
+    mixer_commands: VecDeque<MixerCommand>,
+    /// The conference's own client transactions (its BYEs) not finished yet.
+    conference_requests: HashSet<TransactionKey>,
     metrics: Arc<Metrics>,
     replies: Vec<Transmit>,
 }
 
 impl SipCore {
-    /// A core around a transaction layer, a registrar and a proxy.
+    /// A core around a transaction layer, a registrar, a proxy and the conference UAS.
     pub fn new(
         transactions: TransactionLayer,
         registrar: Registrar<LocalLocation>,
         proxy: Proxy,
+        conference: Conference,
         metrics: Arc<Metrics>,
     ) -> Self {
         SipCore {
             transactions,
             registrar,
             proxy,
+            conference,
+            mixer_commands: VecDeque::new(),
+            conference_requests: HashSet::new(),
             metrics,
             replies: Vec::new(),
         }
@@ -51,6 +75,93 @@ impl SipCore {
     /// The proxy (for tests and metrics).
     pub fn proxy(&self) -> &Proxy {
         &self.proxy
+    }
+
+    /// The conference UAS (for tests and metrics).
+    pub fn conference(&self) -> &Conference {
+        &self.conference
+    }
+
+    /// The next command the conference has for the mixer, oldest first. The driver
+    /// executes it with the `mixer::Mixer` handle and answers `CreateRoom` with
+    /// [`SipCore::room_created`] and `AddLeg` with [`SipCore::leg_added`] at once, which
+    /// may queue further commands: drain until `None`.
+    pub fn poll_mixer_command(&mut self) -> Option<MixerCommand> {
+        self.mixer_commands.pop_front()
+    }
+
+    /// The driver's report on a [`MixerCommand::CreateRoom`].
+    pub fn room_created(&mut self, token: RoomToken, result: Result<RoomId, String>, now: Instant) {
+        let actions = self.conference.room_created(token, result, now);
+        self.run_conference(actions, now);
+    }
+
+    /// The driver's report on a [`MixerCommand::AddLeg`] (the 200 OK of a new call goes
+    /// out from here).
+    pub fn leg_added(&mut self, dialog: DialogId, result: Result<LegHandle, String>, now: Instant) {
+        let actions = self.conference.leg_added(dialog, result, now);
+        self.run_conference(actions, now);
+    }
+
+    /// One event of the mixer (DTMF for PIN entry, RTP timeouts).
+    pub fn handle_mixer_event(&mut self, event: &MixerEvent, now: Instant) {
+        let actions = self.conference.handle_mixer_event(event, now);
+        self.run_conference(actions, now);
+    }
+
+    /// Ends every conference call (BYE, or 503 to an unanswered INVITE) and refuses new
+    /// ones: for a node shutting down. The BYEs go out through
+    /// [`SipCore::poll_transmit`]; [`SipCore::pending_conference_requests`] tells when
+    /// they were answered.
+    pub fn shutdown_conference(&mut self, now: Instant) {
+        let actions = self.conference.shutdown(now);
+        self.run_conference(actions, now);
+    }
+
+    /// Requests of the conference (BYEs) still waiting for their final response.
+    pub fn pending_conference_requests(&self) -> usize {
+        self.conference_requests.len()
+    }
+
+    /// Carries out what the conference asked for: responses and requests through the
+    /// transaction layer, mixer commands queued for the driver.
+    fn run_conference(&mut self, actions: Vec<Action>, now: Instant) {
+        for action in actions {
+            match action {
+                Action::Respond { key, response } => {
+                    self.metrics.response(response.status_code.code());
+                    // A transaction that vanished meanwhile has nobody to answer.
+                    let _ = self.transactions.respond(&key, response, now);
+                }
+                Action::Retransmit { response, flow } => self
+                    .transactions
+                    .send_stateless(&SipMessage::Response(response), flow),
+                Action::Request { request, flow } => {
+                    self.metrics.request(&request.method.to_string());
+                    match self.transactions.send_request(request, flow, now) {
+                        Ok(key) => {
+                            self.conference_requests.insert(key);
+                        }
+                        Err(e) => tracing::warn!("conference request not sent: {e}"),
+                    }
+                }
+                Action::Mixer(cmd) => self.mixer_commands.push_back(cmd),
+            }
+        }
+        self.metrics
+            .dialogs
+            .set((self.proxy.dialogs() + self.conference.len()) as u64);
+    }
+
+    /// The stored room a Request-URI names: its user part, on a host of our domain.
+    fn room_of(&self, req: &Request, accounts: &dyn Accounts) -> Option<RoomRecord> {
+        let uri = req.uri.to_string();
+        let parts = uri_parts(&uri)?;
+        let user = parts.user?;
+        if !self.registrar.is_local(parts.host) {
+            return None;
+        }
+        accounts.room(user)
     }
 
     /// The registrar (for loading persisted bindings and for tests).
@@ -111,6 +222,8 @@ impl SipCore {
             now,
         };
         self.proxy.handle_timeout(&mut env);
+        let actions = self.conference.handle_timeout(now);
+        self.run_conference(actions, now);
         self.drain_events(now, accounts);
     }
 
@@ -128,10 +241,14 @@ impl SipCore {
 
     /// When [`SipCore::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.transactions.poll_timeout(), self.proxy.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.transactions.poll_timeout(),
+            self.proxy.poll_timeout(),
+            self.conference.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next message to send.
@@ -148,10 +265,16 @@ impl SipCore {
         self.metrics
             .bindings
             .set(self.registrar.location().len() as u64);
-        self.metrics.dialogs.set(self.proxy.dialogs() as u64);
+        self.metrics
+            .dialogs
+            .set((self.proxy.dialogs() + self.conference.len()) as u64);
     }
 
     fn handle_event(&mut self, event: Event, now: Instant, accounts: &dyn Accounts) {
+        let event = match self.conference_event(event, now) {
+            Some(event) => event,
+            None => return,
+        };
         if let Event::Request {
             key,
             mut request,
@@ -201,6 +324,52 @@ impl SipCore {
         }
     }
 
+    /// Hands the conference what belongs to its dialogs (in-dialog requests, ACKs,
+    /// CANCELs of its INVITEs, the outcome of its BYEs); returns every other event.
+    fn conference_event(&mut self, event: Event, now: Instant) -> Option<Event> {
+        let actions = match event {
+            Event::Request {
+                key,
+                mut request,
+                flow,
+            } if self.conference.owns(&request) => {
+                // In one of our conference dialogs (BYE, re-INVITE, INFO, …): the
+                // conference is the UAS, the proxy never sees it.
+                proxy::note_received(&mut request, &flow);
+                self.conference
+                    .handle_request(key, &request, flow, None, now)
+            }
+            Event::Ack { request, flow, .. } if self.conference.owns(&request) => {
+                self.conference.handle_ack(&request, flow, now)
+            }
+            Event::Cancel {
+                key,
+                request,
+                invite,
+                ..
+            } if invite.is_some_and(|k| self.conference.owns_invite(&k)) => {
+                self.conference.handle_cancel(key, &request, invite, now)
+            }
+            // The conference's BYEs: their answers need no routing (the dialog is gone),
+            // only the bookkeeping of what is still in flight.
+            Event::Response { key, response } if self.conference_requests.contains(&key) => {
+                if response.status_code.code() >= 200 {
+                    self.conference_requests.remove(&key);
+                }
+                Vec::new()
+            }
+            Event::Timeout { key } | Event::TransportError { key } | Event::Terminated { key }
+                if self.conference_requests.contains(&key) =>
+            {
+                self.conference_requests.remove(&key);
+                Vec::new()
+            }
+            other => return Some(other),
+        };
+        self.run_conference(actions, now);
+        None
+    }
+
     /// The transaction user for a new server transaction: its response, or `None` when
     /// the proxy took the request and answers it later.
     fn handle_request(
@@ -231,7 +400,9 @@ impl SipCore {
                 }
                 Some(resp)
             }
-            rsip::Method::Options if self.addressed_to_node(&req, now) => {
+            rsip::Method::Options
+                if self.addressed_to_node(&req, now) && self.room_of(&req, accounts).is_none() =>
+            {
                 let mut resp = reply(&req, 200, Some("OK"));
                 message::push(&mut resp, message::other("Allow", ALLOW));
                 message::push(&mut resp, message::other("Accept", "application/sdp"));
@@ -263,7 +434,7 @@ impl SipCore {
     /// route set and authenticates local callers; what is left is an initial request for
     /// a user of our domain, routed here by its Request-URI to the AOR's registered
     /// contacts. A user name the node answers itself (a conference room) is decided
-    /// here, between the AOR and the location lookup.
+    /// here, between the AOR and the location lookup: the conference answers it.
     fn route(
         &mut self,
         key: TransactionKey,
@@ -283,6 +454,13 @@ impl SipCore {
             Verdict::Proxied => return None,
             Verdict::Route(initial) => initial,
         };
+        if let Some(room) = self.room_of(initial.request(), accounts) {
+            let actions =
+                self.conference
+                    .handle_request(key, initial.request(), flow, Some(&room), now);
+            self.run_conference(actions, now);
+            return None;
+        }
         let uri = initial.request().uri.to_string();
         let Some(aor) = self.registrar.aor_of(&uri) else {
             return Some(reply(initial.request(), 404, Some("Not Found")));
@@ -291,6 +469,16 @@ impl SipCore {
         if targets.is_empty() {
             return Some(reply(initial.request(), 404, Some("Not Found")));
         }
+        let mut env = Env {
+            transactions: &mut self.transactions,
+            registrar: &self.registrar,
+            accounts,
+            now,
+        };
         self.proxy.fork(&mut env, key, initial, flow, &targets)
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

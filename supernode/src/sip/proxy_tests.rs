@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::RegistrarConfig;
+use crate::sip::conference::{Conference, ConferenceConfig};
 use crate::sip::core::SipCore;
 use crate::sip::digest::{expected_response, ha1, NonceConfig};
 use crate::sip::location::LocalLocation;
@@ -187,6 +188,10 @@ impl Harness {
             TransactionLayer::new(transaction::Config::default()),
             registrar,
             proxy,
+            Conference::new(ConferenceConfig::new(
+                PROXY.parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+            )),
             metrics.clone(),
         );
         let mut accounts = HashMap::new();

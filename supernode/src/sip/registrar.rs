@@ -17,12 +17,21 @@ use crate::sip::headers::{split_list, uri_parts, NameAddr};
 use crate::sip::location::{Binding, Location};
 use crate::sip::message::{self, first, reply, values, Name};
 use crate::sip::transaction::Flow;
-use crate::store::Account;
+use crate::store::{Account, RoomRecord};
 
-/// Where the registrar reads accounts (the store, or a test table).
+/// Where the SIP service reads the user namespace of its domain (the store, or a test
+/// table): accounts for the registrar and the proxy, rooms for the conference UAS. Rooms
+/// and users share one namespace, so at most one of the two answers for a name.
 pub trait Accounts {
     /// The account with this user name, if any.
     fn account(&self, name: &str) -> Option<Account>;
+
+    /// The conference room with this name, if any. A table without rooms (the
+    /// registrar's tests) keeps the default.
+    fn room(&self, name: &str) -> Option<RoomRecord> {
+        let _ = name;
+        None
+    }
 }
 
 impl Accounts for HashMap<String, Account> {

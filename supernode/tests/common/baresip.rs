@@ -1,9 +1,10 @@
 //! baresip 1.0 as a scripted user agent: one config folder per UA, a tone as its
 //! microphone, and its decoded recording read back to check who it heard.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Writes a 16-bit mono WAV of a sine tone.
 pub fn write_tone(path: &Path, freq: f32, rate: u32, seconds: f32) {
@@ -63,11 +64,29 @@ pub fn tone_power(samples: &[f32], rate: u32, freq: f32) -> f32 {
     mixer::signal::goertzel_power(samples, rate, freq)
 }
 
+/// Mean Goertzel power of `freq` over consecutive 100 ms blocks of `samples`: robust
+/// where one long window is not (a re-added leg restarts the stream's phase, and the
+/// jitter buffer drops or stretches a frame now and then, which smears a long window's
+/// narrow bin).
+pub fn block_tone_power(samples: &[f32], rate: u32, freq: f32) -> f32 {
+    let block = (rate / 10).max(1) as usize;
+    let blocks: Vec<f32> = samples
+        .chunks_exact(block)
+        .map(|b| tone_power(b, rate, freq))
+        .collect();
+    if blocks.is_empty() {
+        return 0.0;
+    }
+    blocks.iter().sum::<f32>() / blocks.len() as f32
+}
+
 /// One baresip user agent.
 pub struct Ua {
     /// Its folder (config, accounts, recordings).
     pub dir: PathBuf,
     child: Option<Child>,
+    /// The UDP port of its command console (`cons.so`), if enabled.
+    console: Option<u16>,
 }
 
 impl Ua {
@@ -105,7 +124,49 @@ impl Ua {
         );
         std::fs::write(dir.join("accounts"), account).expect("accounts");
         std::fs::write(dir.join("contacts"), "").expect("contacts");
-        Ua { dir, child: None }
+        Ua {
+            dir,
+            child: None,
+            console: None,
+        }
+    }
+
+    /// Enables baresip's UDP command console on `port` (before [`Ua::start`]), so
+    /// commands can be given during a call with [`Ua::command`]: `-e` commands all run
+    /// at start-up, before any call exists.
+    pub fn with_console(mut self, port: u16) -> Ua {
+        use std::io::Write as _;
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("config"))
+            .expect("config");
+        write!(config, "module cons.so\ncons_listen 127.0.0.1:{port}\n").expect("config");
+        self.console = Some(port);
+        self
+    }
+
+    /// Runs one menu command through the console, e.g. `/sndcode 4321#` (the digits as
+    /// RFC 4733 events in the current call).
+    pub fn command(&self, command: &str) {
+        let port = self.console.expect("Ua::with_console was not called");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .send_to(format!("{command}\n").as_bytes(), ("127.0.0.1", port))
+            .expect("send to the baresip console");
+    }
+
+    /// Waits (at most `timeout`) until its console output contains `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts baresip for `seconds`, running `commands` (e.g. `/dial sip:...`).
