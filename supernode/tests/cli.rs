@@ -200,3 +200,25 @@ fn udp_registrations_get_nat_keepalives() {
     let n = sock.recv(&mut buf).expect("a keepalive within 3 s");
     assert_eq!(&buf[..n], b"\r\n\r\n");
 }
+
+#[test]
+fn stun_binding_on_the_sip_port_answers_the_mapped_address() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    // RFC 5626 §4.4.2: outbound UAs keep their UDP flow alive with STUN Binding requests.
+    let node = Node::start(&[], |_| {});
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(b"txn-id-12345");
+    sock.send_to(&req, node.sip).expect("send");
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("a Binding success");
+    assert_eq!(&buf[0..2], &[0x01, 0x01]);
+    assert_eq!(&buf[8..20], b"txn-id-12345");
+    let port = u16::from_be_bytes([buf[26], buf[27]]) ^ 0x2112;
+    assert_eq!(n, 32);
+    assert_eq!(port, sock.local_addr().expect("addr").port());
+    assert_eq!(&buf[28..32], &[127 ^ 0x21, 0x12, 0xA4, 1 ^ 0x42]);
+}

@@ -31,6 +31,7 @@ use crate::sip::location::{LocalLocation, Location};
 use crate::sip::message::{self, first, reply, Name, SERVER};
 use crate::sip::proxy::{self, Env, Failure, Proxy, Verdict};
 use crate::sip::registrar::{Accounts, Outcome, Registrar};
+use crate::sip::stun_keepalive;
 use crate::sip::transaction::{Event, Flow, TransactionKey, TransactionLayer, Transmit, Transport};
 use crate::store::RoomRecord;
 
@@ -109,6 +110,12 @@ impl SipCore {
         self.run_conference(actions, now);
     }
 
+    /// Ends one conference call on the operator's request (see [`Conference::kick`]).
+    pub fn kick_conference(&mut self, dialog: DialogId, now: Instant) {
+        let actions = self.conference.kick(dialog, now);
+        self.run_conference(actions, now);
+    }
+
     /// Ends every conference call (BYE, or 503 to an unanswered INVITE) and refuses new
     /// ones: for a node shutting down. The BYEs go out through
     /// [`SipCore::poll_transmit`]; [`SipCore::pending_conference_requests`] tells when
@@ -171,6 +178,17 @@ impl SipCore {
 
     /// One datagram, or one framed stream message, from `flow`.
     pub fn handle_bytes(&mut self, data: &[u8], flow: Flow, now: Instant, accounts: &dyn Accounts) {
+        if flow.transport == Transport::Udp && stun_keepalive::is_stun(data) {
+            self.metrics.keepalives.inc();
+            if let Some(pong) = stun_keepalive::binding_response(data, flow.remote) {
+                self.replies.push(Transmit {
+                    key: None,
+                    flow,
+                    message: Bytes::from(pong),
+                });
+            }
+            return;
+        }
         match intake::parse(data) {
             Ok(Intake::Keepalive) => {
                 self.metrics.keepalives.inc();

@@ -13,4 +13,5 @@ pub mod message;
 pub mod proxy;
 pub mod registrar;
 pub mod sdp;
+pub mod stun_keepalive;
 pub mod transaction;
