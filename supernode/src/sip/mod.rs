@@ -2,6 +2,7 @@
 //! RFC 6026), digest authentication, the registrar and its location service, and the
 //! core that routes requests among them.
 
+pub mod auth_limit;
 pub mod conference;
 pub mod core;
 pub mod digest;

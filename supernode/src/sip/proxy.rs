@@ -38,6 +38,7 @@ use rsip::headers::UntypedHeader;
 use rsip::{Header, Headers, Method, Request, Response, StatusCode};
 
 use crate::metrics::Metrics;
+use crate::sip::auth_limit::AuthLimiter;
 use crate::sip::digest::{self, Algorithm, Credentials, NonceCheck, Nonces};
 use crate::sip::headers::{params, uri_parts, NameAddr};
 use crate::sip::location::{Binding, Location};
@@ -276,6 +277,8 @@ pub struct Proxy {
     dialogs: HashMap<String, Instant>,
     /// Dialog-table size after the last sweep of lapsed entries.
     swept_at: usize,
+    /// Failed Proxy-Authorization attempts, per source and per user.
+    failures: AuthLimiter,
 }
 
 impl Proxy {
@@ -291,6 +294,7 @@ impl Proxy {
             timers: BTreeSet::new(),
             dialogs: HashMap::new(),
             swept_at: 0,
+            failures: AuthLimiter::new(),
         }
     }
 
@@ -974,7 +978,11 @@ impl Proxy {
         let Some(creds) = creds else {
             return Some(self.challenge(request, &realm, env.now, false));
         };
+        if self.failures.throttled(flow.remote.ip(), &user, env.now) {
+            return Some(reply(request, 403, Some("Too Many Failed Attempts")));
+        }
         if creds.username != user {
+            self.failures.failed(flow.remote.ip(), &user, env.now);
             self.metrics.auth_failures.inc();
             return Some(reply(
                 request,
@@ -992,6 +1000,7 @@ impl Proxy {
         };
         let method = request.method.to_string();
         if account.is_none() || !digest::verify(&creds, &method, &ha1) {
+            self.failures.failed(flow.remote.ip(), &user, env.now);
             self.metrics.auth_failures.inc();
             tracing::warn!(
                 target: "supernode::auth",

@@ -1140,3 +1140,34 @@ fn a_2xx_retransmitted_after_the_transactions_ended_is_forwarded_statelessly() {
         )
         .is_empty());
 }
+
+#[test]
+fn repeated_wrong_credentials_are_throttled() {
+    let mut h = Harness::new(true);
+    h.register("bob", "sip:bob@10.1.1.10:5090", udp(BOB1));
+    let out = h.send(
+        udp(ALICE_PUBLIC),
+        &alice_invite("sip:bob@example.org", "z9hG4bKt0", 1, &[]),
+    );
+    let challenge = upstream(&out)[1].headers("Proxy-Authenticate")[1].to_string();
+    let wrong = proxy_credentials(&challenge, 1).replace("response=\"", "response=\"0");
+    for i in 0..crate::sip::auth_limit::MAX_FAILURES {
+        let out = h.send(
+            udp(ALICE_PUBLIC),
+            &alice_invite(
+                "sip:bob@example.org",
+                &format!("z9hG4bKt{}", i + 1),
+                i + 2,
+                &[&wrong],
+            ),
+        );
+        assert_eq!(statuses(&upstream(&out)), vec![100, 407], "attempt {i}");
+    }
+    // Even the right password is refused now, until the window passes.
+    let right = proxy_credentials(&challenge, 1);
+    let out = h.send(
+        udp(ALICE_PUBLIC),
+        &alice_invite("sip:bob@example.org", "z9hG4bKtz", 99, &[&right]),
+    );
+    assert_eq!(statuses(&upstream(&out)), vec![100, 403]);
+}

@@ -5,13 +5,13 @@
 //! out; accounts are read through [`Accounts`] and bindings kept in a [`Location`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rsip::headers::UntypedHeader;
 use rsip::{Request, Response};
 
 use crate::config::{DigestAlgorithm, RegistrarConfig};
+use crate::sip::auth_limit::AuthLimiter;
 use crate::sip::digest::{self, Algorithm, Credentials, NonceCheck, Nonces};
 use crate::sip::headers::{split_list, uri_parts, NameAddr};
 use crate::sip::location::{Binding, Location};
@@ -40,11 +40,7 @@ impl Accounts for HashMap<String, Account> {
     }
 }
 
-/// How many failed authentications a source or a user may have in
-/// [`FAILURE_WINDOW`] before further attempts are refused outright.
-pub const MAX_FAILURES: u32 = 20;
-/// The window of [`MAX_FAILURES`].
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub use crate::sip::auth_limit::{FAILURE_WINDOW, MAX_FAILURES};
 
 /// What the registrar did, beyond the response, for counters and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +65,7 @@ pub struct Registrar<L: Location> {
     authenticate: bool,
     nonces: Nonces,
     location: L,
-    failures: HashMap<FailureKey, (Instant, u32)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum FailureKey {
-    Source(IpAddr),
-    User(String),
+    failures: AuthLimiter,
 }
 
 impl<L: Location> Registrar<L> {
@@ -96,7 +86,7 @@ impl<L: Location> Registrar<L> {
             authenticate,
             nonces,
             location,
-            failures: HashMap::new(),
+            failures: AuthLimiter::new(),
         }
     }
 
@@ -126,31 +116,6 @@ impl<L: Location> Registrar<L> {
         let user = parts.user?;
         self.is_local(parts.host)
             .then(|| format!("{user}@{}", self.domain))
-    }
-
-    fn throttled(&mut self, key: &FailureKey, now: Instant) -> bool {
-        match self.failures.get(key) {
-            Some((since, n)) if now.saturating_duration_since(*since) < FAILURE_WINDOW => {
-                *n >= MAX_FAILURES
-            }
-            Some(_) => {
-                self.failures.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn record_failure(&mut self, key: FailureKey, now: Instant) {
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, (since, _)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
-        }
-        let e = self.failures.entry(key).or_insert((now, 0));
-        if now.saturating_duration_since(e.0) >= FAILURE_WINDOW {
-            *e = (now, 0);
-        }
-        e.1 += 1;
     }
 
     fn challenge(&mut self, req: &Request, now: Instant, stale: bool) -> Response {
@@ -209,9 +174,7 @@ impl<L: Location> Registrar<L> {
         now: Instant,
         accounts: &dyn Accounts,
     ) -> Option<(Response, Outcome)> {
-        let source = FailureKey::Source(flow.remote.ip());
-        let by_user = FailureKey::User(user.to_string());
-        if self.throttled(&source, now) || self.throttled(&by_user, now) {
+        if self.failures.throttled(flow.remote.ip(), user, now) {
             return Some((
                 reply(req, 403, Some("Too Many Failed Attempts")),
                 Outcome::Throttled,
@@ -235,8 +198,7 @@ impl<L: Location> Registrar<L> {
         let good =
             digest::verify(&creds, &method, &ha1) && account.is_some() && creds.username == user;
         if !good {
-            self.record_failure(source, now);
-            self.record_failure(by_user, now);
+            self.failures.failed(flow.remote.ip(), user, now);
             tracing::warn!(
                 target: "supernode::auth",
                 "auth failure: src={} user={:?} method={}",
