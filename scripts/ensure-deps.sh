@@ -10,6 +10,7 @@ declare -A need=(
   [pkg-config]=pkg-config
   [sipp]=sip-tester       # real SIP peer in the integration tests
   [baresip]=baresip       # real phone (UA) in the integration tests
+  [turnutils_uclient]=coturn  # coturn's TURN test clients (uclient, peer) in the relay tests
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -38,8 +38,8 @@ pub enum Error {
     /// MESSAGE-INTEGRITY(-SHA256) did not verify with the key.
     #[error("MESSAGE-INTEGRITY mismatch")]
     IntegrityMismatch,
-    /// A ChannelData channel number outside 0x4000-0x4FFF.
-    #[error("channel number 0x{0:04x} outside 0x4000-0x4FFF")]
+    /// A ChannelData channel number outside 0x4000-0x7FFF.
+    #[error("channel number 0x{0:04x} outside 0x4000-0x7FFF")]
     BadChannelNumber(u16),
     /// A message grew past the 16-bit STUN length field.
     #[error("message too long to encode")]

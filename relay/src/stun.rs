@@ -733,13 +733,15 @@ impl<'b> MessageWriter<'b> {
 
 /// Lowest channel number a client may bind (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Highest channel number a client may bind.
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number a client may bind. RFC 8656 §12 narrowed the range to
+/// 0x4FFF, but RFC 5766 clients (coturn's `turnutils_uclient` among them) pick numbers
+/// up to 0x7FFF, and coturn accepts them; so do we, as the RFC 5766 range.
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// A ChannelData frame: the 4-byte-header fast path for data on a bound channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelData<'a> {
-    /// Channel number, 0x4000-0x4FFF.
+    /// Channel number, 0x4000-0x7FFF.
     pub channel: u16,
     /// Application data, borrowed from the input.
     pub data: &'a [u8],

@@ -187,8 +187,8 @@ fn channel_data_round_trip_and_overrun() {
     ));
     // Bad channel number.
     assert_eq!(
-        ChannelData::parse(&[0x50, 0, 0, 0], false).err(),
-        Some(Error::BadChannelNumber(0x5000))
+        ChannelData::parse(&[0x80, 0, 0, 0], false).err(),
+        Some(Error::BadChannelNumber(0x8000))
     );
 }
 

@@ -112,7 +112,7 @@ pub struct Config {
     pub data: PathBuf,
     /// SIP address, UDP and TCP on the same port (port 0: pick one free port for both).
     pub sip: SocketAddr,
-    /// TURN address (its service comes with the relay issue).
+    /// TURN address, UDP and TCP on the same port (port 0: pick one free port for both).
     pub turn: SocketAddr,
     /// Admin HTTP address (its service comes with the admin issue).
     pub admin: SocketAddr,
@@ -137,6 +137,40 @@ pub struct Config {
     pub mixer_threads: usize,
     /// Per-source flood limits (Kamailio pike style).
     pub flood: crate::sip::flood::FloodConfig,
+    /// Shared secret for coturn-style time-limited TURN credentials ("TURN REST API":
+    /// username `EXPIRY:NAME`, password base64(HMAC-SHA1(secret, username))); SIP
+    /// accounts work as TURN users either way.
+    pub turn_secret: Option<String>,
+    /// TURN relay limits.
+    pub relay: RelayConfig,
+}
+
+/// TURN relay limits (RFC 8656 leaves them to the operator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Allocations alive at once before 508 Insufficient Capacity.
+    pub max_allocations: usize,
+    /// Allocations per username before 486 Allocation Quota Reached.
+    pub max_allocations_per_user: u32,
+    /// Permissions and channels per allocation before 508.
+    pub max_permissions_per_allocation: usize,
+    /// Relayed bytes per second per allocation, both directions; 0 is unlimited.
+    pub bandwidth_limit: u64,
+    /// Longest allocation lifetime granted, in seconds.
+    pub max_lifetime: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_allocations: 10_000,
+            max_allocations_per_user: 10,
+            max_permissions_per_allocation: 64,
+            bandwidth_limit: 0,
+            max_lifetime: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -160,6 +194,8 @@ impl Default for Config {
             registrar: RegistrarConfig::default(),
             mixer_threads: 0,
             flood: crate::sip::flood::FloodConfig::default(),
+            turn_secret: None,
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -178,7 +214,7 @@ data = "./data"
 # SIP on UDP and TCP, same port. Port 0 picks one free port for both.
 sip = "0.0.0.0:5060"
 
-# TURN (relay), admin UI, overlay: each comes with its own service.
+# TURN (relay, UDP and TCP on the same port), admin UI, overlay.
 turn = "0.0.0.0:3478"
 admin = "127.0.0.1:8080"
 p2p = "0.0.0.0:4001"
@@ -201,6 +237,10 @@ rtp_ports = { low = 49152, high = 65535 }
 # Special-purpose peer ranges the relay may reach anyway, e.g. ["127.0.0.0/8"].
 allow_peer = []
 
+# Shared secret for time-limited TURN credentials (coturn's static-auth-secret, the
+# "TURN REST API"). SIP accounts are TURN users with their SIP password either way.
+# turn_secret = "change me"
+
 # Mixer threads; 0 is one per core.
 mixer_threads = 0
 
@@ -218,6 +258,13 @@ digest_algorithms = ["SHA-256", "MD5"]
 requests_per_second = 1000  # per source address, averaged over 2 s; over it: banned
 ban_seconds = 60
 exempt = ["127.0.0.0/8", "::1/128"]
+
+[relay]
+max_allocations = 10000             # alive at once; more get 508
+max_allocations_per_user = 10       # more get 486
+max_permissions_per_allocation = 64 # permissions and channels; more get 508
+bandwidth_limit = 0                 # bytes/s per allocation, both directions; 0: none
+max_lifetime = 3600                 # seconds
 "#;
 
 impl Config {
@@ -255,6 +302,18 @@ impl Config {
                     open.join(", ")
                 )));
             }
+        }
+        for a in &self.allow_peer {
+            if a.parse::<relay::policy::Cidr>().is_err() {
+                return Err(Error::Config(format!(
+                    "--allow-peer {a:?} is not a network: write ADDRESS/PREFIX, e.g. 127.0.0.0/8"
+                )));
+            }
+        }
+        if self.relay.max_lifetime < 600 {
+            return Err(Error::Config(
+                "relay.max_lifetime must be at least 600 s (RFC 8656 default lifetime)".into(),
+            ));
         }
         let r = &self.registrar;
         if r.nat_keepalive_seconds == 0 {
@@ -314,6 +373,18 @@ mod tests {
         c.admin = lo;
         c.p2p = lo;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_allow_peer_networks_are_refused() {
+        let mut c = Config {
+            allow_peer: vec!["127.0.0.0/8".into(), "::1".into()],
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.allow_peer.push("10.0.0.0/33".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("10.0.0.0/33"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,39 @@ enum Command {
         #[command(subcommand)]
         action: RoomAction,
     },
+    /// Manage access to the web admin.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Set the admin password (prompted on a terminal, or read from stdin).
+    SetPassword {
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create an API token and print it once (only its hash is stored).
+    Create {
+        /// A label for the token.
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -202,7 +235,65 @@ fn main() -> anyhow::Result<()> {
         }
         Command::User { action } => user(action),
         Command::Room { action } => room(action),
+        Command::Admin { action } => admin(action),
     }
+}
+
+/// Reads one line of stdin; on a terminal, prompts without echo.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    if !from_stdin && !tty {
+        bail!("stdin is not a terminal: pass --password-stdin to read the password from it");
+    }
+    let echo_off = tty
+        && std::process::Command::new("stty")
+            .arg("-echo")
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success());
+    if tty {
+        eprint!("admin password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if echo_off {
+        let _ = std::process::Command::new("stty")
+            .arg("echo")
+            .stdin(std::process::Stdio::inherit())
+            .status();
+        eprintln!();
+    }
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn admin(action: AdminAction) -> anyhow::Result<()> {
+    match action {
+        AdminAction::SetPassword {
+            password_stdin,
+            data,
+        } => {
+            let (store, _) = open_store(&base_config(&data)?)?;
+            let password = read_password(password_stdin)?;
+            supernode::admin::set_password(&store, &password)?;
+            println!("admin password set");
+        }
+        AdminAction::Token {
+            action: TokenAction::Create { name, data },
+        } => {
+            let (store, _) = open_store(&base_config(&data)?)?;
+            let (secret, token) = supernode::admin::create_token(&store, &name)?;
+            println!("{secret}");
+            eprintln!(
+                "token {} ({}) created: shown once, only its hash is stored",
+                token.id, token.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn user(action: UserAction) -> anyhow::Result<()> {

@@ -20,6 +20,116 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Sets the value: for a counter mirrored from a component's own monotonic count
+    /// (the TURN core keeps its counters in plain fields).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// The TURN relay's counters, copied from the core's `relay::server::Stats`.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    /// Allocations alive now.
+    pub allocations: Gauge,
+    /// Allocations ever created.
+    pub allocations_created: Counter,
+    /// Permissions installed or refreshed.
+    pub permissions: Counter,
+    /// Channel bindings made or refreshed.
+    pub channels: Counter,
+    /// Datagrams relayed client to peer.
+    pub packets_to_peer: Counter,
+    /// Payload bytes relayed client to peer.
+    pub bytes_to_peer: Counter,
+    /// Datagrams relayed peer to client.
+    pub packets_to_client: Counter,
+    /// Payload bytes relayed peer to client.
+    pub bytes_to_client: Counter,
+    /// Peers refused by the policy (403).
+    pub denied_peers: Counter,
+    /// Wrong or unknown credentials.
+    pub auth_failures: Counter,
+    /// 438 Stale Nonce answers.
+    pub stale_nonces: Counter,
+    /// 486 Allocation Quota Reached answers.
+    pub quota_hits: Counter,
+    /// 508 Insufficient Capacity answers.
+    pub capacity_hits: Counter,
+    /// Input that was neither STUN nor ChannelData.
+    pub malformed: Counter,
+    /// Data dropped for lack of a permission or channel.
+    pub dropped_no_permission: Counter,
+    /// Data dropped by the bandwidth cap.
+    pub dropped_bandwidth: Counter,
+    /// STUN Binding requests answered.
+    pub binding_requests: Counter,
+}
+
+impl RelayMetrics {
+    /// Prometheus text exposition, `supernode_relay_*`.
+    pub fn render(&self, out: &mut String) {
+        out.push_str(&format!(
+            "# TYPE supernode_relay_allocations gauge\nsupernode_relay_allocations {}\n",
+            self.allocations.get()
+        ));
+        for (name, v) in [
+            (
+                "supernode_relay_allocations_total",
+                self.allocations_created.get(),
+            ),
+            ("supernode_relay_permissions_total", self.permissions.get()),
+            (
+                "supernode_relay_channel_bindings_total",
+                self.channels.get(),
+            ),
+            (
+                "supernode_relay_denied_peers_total",
+                self.denied_peers.get(),
+            ),
+            (
+                "supernode_relay_auth_failures_total",
+                self.auth_failures.get(),
+            ),
+            (
+                "supernode_relay_stale_nonces_total",
+                self.stale_nonces.get(),
+            ),
+            ("supernode_relay_quota_hits_total", self.quota_hits.get()),
+            (
+                "supernode_relay_capacity_hits_total",
+                self.capacity_hits.get(),
+            ),
+            ("supernode_relay_malformed_total", self.malformed.get()),
+            (
+                "supernode_relay_binding_requests_total",
+                self.binding_requests.get(),
+            ),
+        ] {
+            out.push_str(&format!("# TYPE {name} counter\n{name} {v}\n"));
+        }
+        for (name, to_peer, to_client) in [
+            (
+                "supernode_relay_packets_total",
+                self.packets_to_peer.get(),
+                self.packets_to_client.get(),
+            ),
+            (
+                "supernode_relay_bytes_total",
+                self.bytes_to_peer.get(),
+                self.bytes_to_client.get(),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# TYPE {name} counter\n{name}{{direction=\"to_peer\"}} {to_peer}\n{name}{{direction=\"to_client\"}} {to_client}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# TYPE supernode_relay_dropped_total counter\nsupernode_relay_dropped_total{{reason=\"no_permission\"}} {}\nsupernode_relay_dropped_total{{reason=\"bandwidth\"}} {}\n",
+            self.dropped_no_permission.get(),
+            self.dropped_bandwidth.get()
+        ));
+    }
 }
 
 /// A value that goes up and down (bindings, dialogs).
@@ -78,6 +188,8 @@ pub struct Metrics {
     pub dialogs: Gauge,
     /// CRLF keepalives answered.
     pub keepalives: Counter,
+    /// The TURN relay's counters.
+    pub relay: RelayMetrics,
 }
 
 impl Metrics {
@@ -131,6 +243,7 @@ impl Metrics {
         ] {
             out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
         }
+        self.relay.render(&mut out);
         out
     }
 }
@@ -153,5 +266,9 @@ mod tests {
         assert!(text.contains("supernode_sip_requests_total{method=\"REGISTER\"} 1"));
         assert!(text.contains("supernode_sip_responses_total{class=\"4xx\"} 1"));
         assert!(text.contains("supernode_sip_responses_total{class=\"6xx\"} 1"));
+        m.relay.packets_to_peer.set(7);
+        let text = m.render();
+        assert!(text.contains("supernode_relay_packets_total{direction=\"to_peer\"} 7"));
+        assert!(text.contains("supernode_relay_allocations 0"));
     }
 }

@@ -160,11 +160,14 @@ fn run_mixer(core: &mut SipCore, mixer: &mixer::Mixer, media: &mut Media) {
 }
 
 /// Feeds what the mixer reported (DTMF, RTP timeouts) to the core, without blocking.
-fn drain_mixer_events(core: &mut SipCore, mixer: &mixer::Mixer) {
+fn drain_mixer_events(core: &mut SipCore, mixer: &mixer::Mixer, live: &mut crate::admin::Live) {
     // Bounded, so a flood of events cannot starve SIP; the rest waits for the next tick.
     for _ in 0..1024 {
         match mixer.events().try_recv() {
-            Ok(event) => core.handle_mixer_event(&event, Instant::now()),
+            Ok(event) => {
+                live.observe(&event);
+                core.handle_mixer_event(&event, Instant::now());
+            }
             Err(_) => break,
         }
     }
@@ -264,8 +267,46 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         mixer.shards(),
         mixer::simd::active_isa().name()
     );
-    println!("turn not served yet: the relay comes with its issue");
-    println!("admin not served yet: the admin UI comes with its issue");
+    // The TURN relay: its own task owning its sockets; prints `turn udp/tcp ADDR`.
+    let turn = crate::turn::start(&cfg, metrics.clone()).await?;
+    let admin = crate::admin::serve(
+        &cfg,
+        crate::admin::AdminContext {
+            domain: domain.clone(),
+            listeners: vec![
+                web_admin::Listener {
+                    service: "sip".into(),
+                    transport: "udp".into(),
+                    addr: local.to_string(),
+                },
+                web_admin::Listener {
+                    service: "sip".into(),
+                    transport: "tcp".into(),
+                    addr: local.to_string(),
+                },
+                web_admin::Listener {
+                    service: "turn".into(),
+                    transport: "udp".into(),
+                    addr: turn.udp.to_string(),
+                },
+                web_admin::Listener {
+                    service: "turn".into(),
+                    transport: "tcp".into(),
+                    addr: turn.tcp.to_string(),
+                },
+            ],
+            metrics: metrics.clone(),
+            mixer_shards: mixer.shards(),
+            relay: crate::admin::RelayState::Up,
+            turn_secret: cfg.turn_secret.clone().map(String::into_bytes),
+            turn_uris: vec![
+                format!("turn:{}?transport=udp", turn.udp),
+                format!("turn:{}?transport=tcp", turn.tcp),
+            ],
+        },
+    )
+    .await?;
+    let (mut live, mut admin_rx) = (admin.live, admin.commands);
     println!("p2p not served yet: the overlay comes with its issue");
     if cfg.sip_auth == SipAuth::None {
         println!("sip auth none: every REGISTER is accepted (benchmarks only)");
@@ -439,7 +480,8 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
                 Inbound::Closed(id) => { connections.remove(&id); }
             },
             _ = ticker.tick() => {
-                drain_mixer_events(&mut core, &mixer);
+                drain_mixer_events(&mut core, &mixer, &mut live);
+                live.tick(&mut core, &mixer, Instant::now());
                 core.handle_timeout(Instant::now(), &store);
             }
             _ = nat_ping.tick() => {
@@ -447,6 +489,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
                     let _ = udp.try_send_to(b"\r\n\r\n", flow.remote);
                 }
             }
+            Some(cmd) = admin_rx.recv() => live.command(cmd, &mut core, &mixer, Instant::now()),
             _ = int.recv() => break,
             _ = term.recv() => break,
         }
@@ -499,6 +542,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         mixer.shutdown();
     })
     .await;
+    turn.shutdown().await;
     println!("stopped");
     Ok(())
 }

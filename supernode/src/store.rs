@@ -37,6 +37,13 @@ const MIGRATIONS: &[&str] = &[
          remote TEXT NOT NULL,
          instance TEXT,
          PRIMARY KEY (aor, contact));",
+    // 2: the web admin's password hash and API tokens.
+    "CREATE TABLE admin (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE api_tokens (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         hash TEXT NOT NULL,
+         created_unix INTEGER NOT NULL);",
 ];
 
 /// Names that can never be an account or a room.
@@ -321,6 +328,56 @@ impl Store {
         Ok(rooms)
     }
 
+    /// A value of the admin's settings (`password_hash`), if set.
+    pub fn admin_value(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM admin WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets a value of the admin's settings.
+    pub fn set_admin_value(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO admin (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Every API token of the admin as (id, name, hash, created_unix), oldest first.
+    pub fn api_tokens(&self) -> Result<Vec<(String, String, String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, hash, created_unix FROM api_tokens ORDER BY created_unix, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Stores an API token (only its hash).
+    pub fn add_api_token(&self, id: &str, name: &str, hash: &str, created_unix: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (id, name, hash, created_unix) VALUES (?1, ?2, ?3, ?4)",
+            params![id, name, hash, created_unix],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes an API token; false if there was none.
+    pub fn delete_api_token(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM api_tokens WHERE id = ?1", params![id])?
+            > 0)
+    }
+
     /// Applies a batch of binding changes in one transaction (the registrar writes
     /// behind, so a burst of REGISTERs costs one commit, not one each).
     pub fn apply_bindings(
@@ -467,6 +524,25 @@ mod tests {
             }),
             Err(Error::InvalidPin)
         ));
+    }
+
+    #[test]
+    fn admin_settings_and_tokens_round_trip() {
+        let (_d, store) = temp();
+        assert_eq!(store.admin_value("password_hash").unwrap(), None);
+        store.set_admin_value("password_hash", "a").unwrap();
+        store.set_admin_value("password_hash", "b").unwrap();
+        assert_eq!(
+            store.admin_value("password_hash").unwrap().as_deref(),
+            Some("b")
+        );
+        store.add_api_token("t1", "ci", "h", 5).unwrap();
+        assert_eq!(
+            store.api_tokens().unwrap(),
+            vec![("t1".into(), "ci".into(), "h".into(), 5)]
+        );
+        assert!(store.delete_api_token("t1").unwrap());
+        assert!(!store.delete_api_token("t1").unwrap());
     }
 
     #[test]

@@ -140,6 +140,28 @@ impl DialogId {
     }
 }
 
+impl std::fmt::Display for DialogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A conference dialog as an operator sees it (the admin's live room view).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialogInfo {
+    /// The dialog.
+    pub id: DialogId,
+    /// The room it called.
+    pub room: String,
+    /// Who called: the INVITE's From.
+    pub remote: String,
+    /// The negotiated codec.
+    pub codec: CodecKind,
+    /// Its leg in the room's mix, once it is there (not while joining or in the PIN
+    /// lobby).
+    pub leg: Option<(RoomId, LegId)>,
+}
+
 /// Names a mixer room the conference asked for, until the driver reports its
 /// [`RoomId`] through [`Conference::room_created`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -425,6 +447,33 @@ impl Conference {
     /// Callers holding a seat in `room` (in the mix, in the PIN lobby, or joining).
     pub fn seats(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |r| r.seats)
+    }
+
+    /// Every dialog, ordered by id, for the operator's view.
+    pub fn dialogs(&self) -> Vec<DialogInfo> {
+        let mut list: Vec<DialogInfo> = self
+            .dialogs
+            .iter()
+            .map(|(&id, d)| DialogInfo {
+                id,
+                room: d.room.clone(),
+                remote: d.remote_party.clone(),
+                codec: d.media.codec,
+                leg: match (d.place, d.leg) {
+                    (Place::Room, Leg::Active { room, leg, .. }) => Some((room, leg)),
+                    _ => None,
+                },
+            })
+            .collect();
+        list.sort_by_key(|d| d.id);
+        list
+    }
+
+    /// Ends one dialog on the operator's request: a BYE (or a 503 while its INVITE is
+    /// unanswered), and its leg and seat released. An unknown id does nothing.
+    pub fn kick(&mut self, id: DialogId, now: Instant) -> Actions {
+        let _ = now;
+        self.fail(id)
     }
 
     /// Whether an in-dialog request (ACK, BYE, re-INVITE, INFO, …) belongs to one of

@@ -957,6 +957,33 @@ fn rtp_timeout_hangs_up() {
 }
 
 #[test]
+fn kick_sends_bye_and_frees_the_leg() {
+    let mut h = Harness::new();
+    let mut alice = Caller::new("alice", ALICE, "team");
+    h.join(&mut alice, &baresip("sendrecv"));
+    let (leg, room, _, dialog) = h.mixer.only_leg();
+    let listed = h.conf.dialogs();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, dialog);
+    assert_eq!(listed[0].room, "team");
+    assert_eq!(listed[0].leg, Some((room, leg)));
+    assert!(listed[0].remote.contains("alice"), "{}", listed[0].remote);
+    let actions = h.conf.kick(dialog, h.now);
+    h.run(actions);
+    let reqs = h.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].1.method, Method::Bye);
+    assert_eq!(reqs[0].0.remote, alice.flow().remote);
+    assert!(h.mixer.legs.is_empty());
+    assert!(h.mixer.ports.is_empty());
+    assert!(h.conf.is_empty());
+    assert!(h.conf.dialogs().is_empty());
+    // Kicking it again does nothing.
+    let actions = h.conf.kick(dialog, h.now);
+    assert!(actions.is_empty());
+}
+
+#[test]
 fn the_200_is_retransmitted_until_the_ack() {
     let mut h = Harness::new();
     let mut alice = Caller::new("alice", ALICE, "team");

@@ -126,6 +126,11 @@ impl LocalLocation {
         flows
     }
 
+    /// Every binding in the table (lapsed ones included until they are expired).
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.table.values().flatten()
+    }
+
     /// Takes the writes queued since the last call.
     pub fn take_pending(&mut self) -> Vec<PendingWrite> {
         std::mem::take(&mut self.pending)

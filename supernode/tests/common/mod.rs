@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod baresip;
+pub mod turn;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -50,6 +51,10 @@ pub struct Node {
     pub sip: SocketAddr,
     /// Its data directory.
     pub data: PathBuf,
+    /// Its admin HTTP address, from the `admin http://ADDR` line (if it printed one).
+    pub admin: Option<SocketAddr>,
+    /// Its TURN address (UDP and TCP), from the `turn udp ADDR` line.
+    pub turn: Option<SocketAddr>,
     _dir: Option<tempfile::TempDir>,
     /// What it printed on stdout after the address lines.
     pub lines: mpsc::Receiver<String>,
@@ -110,9 +115,26 @@ impl Node {
                 sip = Some(a.parse().expect("address"));
             }
         }
+        // The admin line follows the SIP lines; any line starting `admin ` settles it.
+        let mut admin = None;
+        let mut turn = None;
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+            if let Some(a) = line.strip_prefix("turn udp ") {
+                turn = a.parse().ok();
+            }
+            if let Some(a) = line.strip_prefix("admin http://") {
+                admin = Some(a.trim_end_matches('/').parse().expect("admin address"));
+                break;
+            }
+            if line.starts_with("admin ") && !line.starts_with("admin password") {
+                break;
+            }
+        }
         Node {
             child,
             sip: sip.expect("address"),
+            admin,
+            turn,
             data: data.to_path_buf(),
             _dir: None,
             lines: rx,
