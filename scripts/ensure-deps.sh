@@ -11,6 +11,8 @@ declare -A need=(
   [sipp]=sip-tester       # real SIP peer in the integration tests
   [baresip]=baresip       # real phone (UA) in the integration tests
   [turnutils_uclient]=coturn  # coturn's TURN test clients (uclient, peer) in the relay tests
+  [chromium]=chromium     # headless browser for the admin UI test (admin_browser.rs)
+  [chromedriver]=chromium-driver  # WebDriver server that drives it
 )
 missing=()
 for cmd in "${!need[@]}"; do

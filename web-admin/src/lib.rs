@@ -169,9 +169,12 @@ async fn security_headers(State(st): State<AdminState>, req: Request, next: Next
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: under it browsers send `Origin: null` with a same-origin form
+    // POST (Fetch, "serializing a request origin"), which the CSRF guard must refuse, so
+    // no form (login included) would work. `same-origin` sends no referrer off-site.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res

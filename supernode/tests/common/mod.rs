@@ -5,6 +5,7 @@
 
 pub mod baresip;
 pub mod turn;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
