@@ -165,7 +165,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             max_allocations: 10_000,
-            max_allocations_per_user: 10,
+            max_allocations_per_user: 1000,
             max_permissions_per_allocation: 64,
             bandwidth_limit: 0,
             max_lifetime: 3600,
@@ -261,7 +261,7 @@ exempt = ["127.0.0.0/8", "::1/128"]
 
 [relay]
 max_allocations = 10000             # alive at once; more get 508
-max_allocations_per_user = 10       # more get 486
+max_allocations_per_user = 1000     # more get 486 (a WebRTC gateway account may hold many)
 max_permissions_per_allocation = 64 # permissions and channels; more get 508
 bandwidth_limit = 0                 # bytes/s per allocation, both directions; 0: none
 max_lifetime = 3600                 # seconds
