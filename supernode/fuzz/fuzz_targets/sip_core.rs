@@ -9,9 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 use libfuzzer_sys::fuzz_target;
 use supernode::config::RegistrarConfig;
 use supernode::metrics::Metrics;
+use supernode::sip::conference::{Conference, ConferenceConfig};
 use supernode::sip::core::SipCore;
 use supernode::sip::digest::{NonceConfig, Nonces};
 use supernode::sip::location::LocalLocation;
+use supernode::sip::proxy::{Proxy, ProxyConfig};
 use supernode::sip::registrar::Registrar;
 use supernode::sip::transaction::{self, Flow, TransactionLayer, Transport};
 use supernode::store::Account;
@@ -31,10 +33,20 @@ fuzz_target!(|data: &[u8]| {
         Nonces::new(NonceConfig::default(), [1; 32], now),
         LocalLocation::new(now, SystemTime::now()),
     );
+    let metrics = Arc::new(Metrics::default());
+    let node = "127.0.0.1:5060".parse().expect("address");
+    let proxy = Proxy::new(
+        ProxyConfig::new(node),
+        Nonces::new(NonceConfig::default(), [2; 32], now),
+        metrics.clone(),
+    );
+    let conference = Conference::new(ConferenceConfig::new(node, "127.0.0.1".parse().expect("ip")));
     let mut core = SipCore::new(
         TransactionLayer::new(transaction::Config::default()),
         registrar,
-        Arc::new(Metrics::default()),
+        proxy,
+        conference,
+        metrics,
     );
     // Records: [flags][len hi][len lo][bytes...]; flags pick transport and a time step.
     let mut rest = data;
@@ -55,6 +67,8 @@ fuzz_target!(|data: &[u8]| {
             core.handle_timeout(t, &accounts);
         }
         while core.poll_transmit().is_some() {}
+        // Answer the mixer the way the driver would, so media paths run too.
+        while core.poll_mixer_command().is_some() {}
     }
     core.handle_timeout(t + Duration::from_secs(64), &accounts);
     while core.poll_transmit().is_some() {}
