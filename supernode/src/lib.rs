@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod metrics;
+mod net;
 pub mod node;
 pub mod sip;
 pub mod store;

@@ -19,8 +19,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, DigestAlgorithm, PortRange, SipAuth};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::net::{bind_udp_tcp, io, outward_ip};
 use crate::sip::conference::{Conference, ConferenceConfig, DialogId, MixerCommand};
 use crate::sip::core::SipCore;
 use crate::sip::digest::{Algorithm, NonceConfig, Nonces};
@@ -215,35 +216,8 @@ enum Inbound {
     Closed(u64),
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
 /// How long a stopping node waits for the answers to the BYEs of its conference calls.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
-
-/// Binds UDP and TCP on the same address; with port 0, tries a few ports until both
-/// bind.
-async fn bind_sip(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(io(format!("binding SIP UDP {addr}")))?;
-        let local = udp
-            .local_addr()
-            .map_err(io("reading the SIP UDP address"))?;
-        match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if addr.port() == 0 => last = Some(e),
-            Err(e) => return Err(io(format!("binding SIP TCP {local}"))(e)),
-        }
-    }
-    Err(io(format!("binding SIP TCP next to UDP on {addr}"))(
-        last.unwrap_or_else(|| std::io::Error::other("no free port")),
-    ))
-}
 
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(cfg: Config, store: Store) -> Result<()> {
@@ -256,7 +230,7 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
         shards: cfg.mixer_threads,
         ..Default::default()
     })?;
-    let (udp, tcp) = bind_sip(cfg.sip).await?;
+    let (udp, tcp) = bind_udp_tcp(cfg.sip, "SIP").await?;
     let local = udp.local_addr().map_err(io("reading the SIP address"))?;
     let domain = cfg.domain();
     println!("sip udp {local}");
@@ -545,21 +519,6 @@ pub async fn run(cfg: Config, store: Store) -> Result<()> {
     turn.shutdown().await;
     println!("stopped");
     Ok(())
-}
-
-/// The local address the host would send from when `bound` is the wildcard: found by
-/// connecting a UDP socket (which sends nothing) towards a documentation address.
-fn outward_ip(bound: std::net::IpAddr) -> std::net::IpAddr {
-    if !bound.is_unspecified() {
-        return bound;
-    }
-    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
-        .and_then(|s| s.connect(("192.0.2.1", 9)).map(|()| s))
-        .and_then(|s| s.local_addr());
-    match probe {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => std::net::IpAddr::from([127, 0, 0, 1]),
-    }
 }
 
 async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>) {

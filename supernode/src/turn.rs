@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, PortRange};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::net::{bind_udp_tcp, io, outward_ip};
 use crate::store::Store;
 
 /// Largest datagram read from a listener or relay socket.
@@ -124,51 +125,10 @@ impl TurnService {
     }
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
-/// Binds UDP and TCP on the same address; with port 0, tries a few ports until both
-/// bind.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(io(format!("binding TURN UDP {addr}")))?;
-        let local = udp
-            .local_addr()
-            .map_err(io("reading the TURN UDP address"))?;
-        match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if addr.port() == 0 => last = Some(e),
-            Err(e) => return Err(io(format!("binding TURN TCP {local}"))(e)),
-        }
-    }
-    Err(io(format!("binding TURN TCP next to UDP on {addr}"))(
-        last.unwrap_or_else(|| std::io::Error::other("no free port")),
-    ))
-}
-
-/// The address the host sends from when `bound` is the wildcard.
-fn outward_ip(bound: IpAddr) -> IpAddr {
-    if !bound.is_unspecified() {
-        return bound;
-    }
-    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
-        .and_then(|s| s.connect(("192.0.2.1", 9)).map(|()| s))
-        .and_then(|s| s.local_addr());
-    match probe {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => IpAddr::from([127, 0, 0, 1]),
-    }
-}
-
 /// Binds the TURN listeners on `cfg.turn`, prints `turn udp ADDR` and `turn tcp ADDR`,
 /// and starts the service; the counters go into `metrics.relay`.
 pub async fn start(cfg: &Config, metrics: Arc<Metrics>) -> Result<TurnService> {
-    let (udp, tcp) = bind_pair(cfg.turn).await?;
+    let (udp, tcp) = bind_udp_tcp(cfg.turn, "TURN").await?;
     let local = udp
         .local_addr()
         .map_err(io("reading the TURN UDP address"))?;
