@@ -83,11 +83,22 @@ fn cli(data: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The REGISTER counter, read with a Prometheus text-format parser: the whole
+/// exposition must parse, and the counter must be typed as one.
 fn register_count(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("supernode_sip_requests_total{method=\"REGISTER\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    let lines = metrics.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    assert!(scrape.samples.len() > 5, "{} samples", scrape.samples.len());
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "supernode_sip_requests_total" && s.labels.get("method") == Some("REGISTER")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v as u64,
+            ref other => panic!("REGISTER requests are a counter, not {other:?}"),
+        })
         .expect("REGISTER counter")
 }
 
