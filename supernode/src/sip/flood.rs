@@ -10,84 +10,32 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use relay::policy::Cidr;
 use serde::{Deserialize, Serialize};
 
-/// An address range in CIDR notation (`192.0.2.0/24`, `::1/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+/// (De)serialises the exempt ranges as `"192.0.2.0/24"` strings, with the relay's
+/// CIDR type, so the TURN deny list and the flood exemptions parse ranges one way.
+mod cidr_list {
+    use relay::policy::Cidr;
+    use serde::{Deserialize, Deserializer, Serializer};
 
-impl Cidr {
-    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+    pub fn serialize<S: Serializer>(list: &[Cidr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|c| c.to_string()))
     }
-}
 
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address range: write e.g. 192.0.2.0/24"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("bad prefix length in {s:?}: 0..={max}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not an address range: write e.g. 192.0.2.0/24"
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -100,6 +48,7 @@ pub struct FloodConfig {
     /// How long a source over the limit is ignored.
     pub ban_seconds: u64,
     /// Sources never limited.
+    #[serde(with = "cidr_list")]
     pub exempt: Vec<Cidr>,
 }
 
@@ -108,16 +57,13 @@ impl Default for FloodConfig {
         FloodConfig {
             requests_per_second: 1_000,
             ban_seconds: 60,
-            exempt: vec![
-                Cidr {
-                    addr: IpAddr::from([127, 0, 0, 0]),
-                    prefix: 8,
-                },
-                Cidr {
-                    addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-                    prefix: 128,
-                },
-            ],
+            exempt: [
+                Cidr::new(IpAddr::from([127, 0, 0, 0]), 8),
+                Cidr::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         }
     }
 }
@@ -170,6 +116,8 @@ impl FloodGuard {
 
     /// Counts one message from `ip` and says whether to process it.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Verdict {
+        // An IPv4-mapped IPv6 source is matched as the IPv4 address it is.
+        let ip = ip.to_canonical();
         if self.config.exempt.iter().any(|c| c.contains(ip)) {
             return Verdict::Allow;
         }
@@ -272,7 +220,19 @@ mod tests {
         let c: Cidr = "10.1.0.0/16".parse().unwrap();
         assert!(c.contains("10.1.200.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+        // An IPv4-mapped source is exempt by its IPv4 range.
+        let mut g = FloodGuard::new(FloodConfig {
+            requests_per_second: 1,
+            exempt: vec![c],
+            ..FloodConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(
+                g.check("::ffff:10.1.0.9".parse().unwrap(), t0),
+                Verdict::Allow
+            );
+        }
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("203.0.113.1".parse().unwrap()));
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
